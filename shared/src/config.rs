@@ -1,0 +1,571 @@
+//! Typed configuration, layered: compiled-in defaults, then the TOML file, then
+//! `HOOKLINE__SECTION__KEY=value` environment variables, then Cloud Run's `PORT`.
+//!
+//! Secrets are never required in the file: a source lists `secrets_env`, the names of
+//! environment variables holding its secrets (Secret Manager mounts them that way on Cloud
+//! Run). [`Settings::resolve_sources`] reads them once at start and fails with the variable's
+//! name when one is missing, so a misconfigured service never starts half-working.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::verify::Provider;
+
+/// Environment variable naming the configuration file when `--config` is not given.
+pub const CONFIG_ENV: &str = "HOOKLINE_CONFIG";
+/// Prefix of environment overrides: `HOOKLINE__QUEUE__BACKEND=pubsub`.
+pub const ENV_PREFIX: &str = "HOOKLINE__";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("configuration is not valid TOML or does not fit the settings")]
+    Parse(#[source] toml::de::Error),
+    #[error("environment override {var} is not usable: {reason}")]
+    Override { var: String, reason: String },
+    #[error("source `{source_name}`: {reason}")]
+    Source { source_name: String, reason: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Everything hookline can be configured with. Each section documents its defaults.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub queue: QueueSettings,
+    pub archive: ArchiveSettings,
+    pub warehouse: WarehouseSettings,
+    pub slack: SlackSettings,
+    pub worker: WorkerSettings,
+    /// The webhook sources, by name: `POST /hooks/{name}`.
+    pub sources: BTreeMap<String, SourceSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Listen address. Cloud Run needs 0.0.0.0.
+    pub host: String,
+    /// Listen port; the `PORT` environment variable (Cloud Run's convention) wins.
+    pub port: u16,
+    /// Larger bodies are refused with 413. GitHub caps payloads at 25 MB.
+    pub max_body_bytes: usize,
+    /// How long a request may wait for the queue to confirm a publish before 503.
+    pub publish_timeout_ms: u64,
+    /// The `Retry-After` sent with 503 answers.
+    pub retry_after_secs: u32,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".into(),
+            port: 8080,
+            max_body_bytes: 10 * 1024 * 1024,
+            publish_timeout_ms: 5_000,
+            retry_after_secs: 5,
+        }
+    }
+}
+
+impl ServerSettings {
+    pub fn publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.publish_timeout_ms)
+    }
+}
+
+/// Which engine backs a trait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueBackend {
+    #[default]
+    Embedded,
+    Pubsub,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueSettings {
+    pub backend: QueueBackend,
+    pub embedded: EmbeddedQueueSettings,
+}
+
+/// The on-disk queue. Its semantics copy a Pub/Sub subscription with a dead-letter policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddedQueueSettings {
+    /// The SQLite file shared by ingest and worker (they may be separate processes).
+    pub path: PathBuf,
+    /// An unacknowledged message is delivered again after this long.
+    pub ack_deadline_secs: u64,
+    /// After this many deliveries without an ack, the message moves to the dead-letter queue
+    /// (Pub/Sub allows 5 to 100).
+    pub max_delivery_attempts: u32,
+    /// Redelivery delay after a nack: exponential from `min_backoff_ms` to `max_backoff_ms`,
+    /// like a Pub/Sub retry policy.
+    pub min_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+impl Default for EmbeddedQueueSettings {
+    fn default() -> Self {
+        Self {
+            path: "data/queue.sqlite3".into(),
+            ack_deadline_secs: 60,
+            max_delivery_attempts: 5,
+            min_backoff_ms: 1_000,
+            max_backoff_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ArchiveBackend {
+    #[default]
+    Local,
+    Gcs,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchiveSettings {
+    pub backend: ArchiveBackend,
+    pub local: LocalArchiveSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocalArchiveSettings {
+    /// The folder objects are written under, as `{source}/{YYYY-MM-DD}/...`.
+    pub root: PathBuf,
+}
+
+impl Default for LocalArchiveSettings {
+    fn default() -> Self {
+        Self {
+            root: "data/archive".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WarehouseBackend {
+    #[default]
+    Sqlite,
+    Bigquery,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct WarehouseSettings {
+    pub backend: WarehouseBackend,
+    pub sqlite: SqliteWarehouseSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqliteWarehouseSettings {
+    /// The SQLite file holding the `events` table and its views.
+    pub path: PathBuf,
+}
+
+impl Default for SqliteWarehouseSettings {
+    fn default() -> Self {
+        Self {
+            path: "data/warehouse.sqlite3".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SlackSettings {
+    /// Name of the environment variable holding the incoming-webhook URL. When it is unset,
+    /// messages are logged instead of posted.
+    pub webhook_url_env: String,
+    /// Which events notify. Default: GitHub `issues` with action `opened`.
+    pub notify: Vec<NotifyRule>,
+    pub timeout_ms: u64,
+}
+
+impl Default for SlackSettings {
+    fn default() -> Self {
+        Self {
+            webhook_url_env: "SLACK_WEBHOOK_URL".into(),
+            notify: vec![NotifyRule {
+                provider: Some("github".into()),
+                source: None,
+                event: "issues".into(),
+                actions: vec!["opened".into()],
+            }],
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+/// A notification rule: every given field must match. `actions` empty means any action.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyRule {
+    #[serde(default)]
+    pub provider: Option<String>,
+    #[serde(default)]
+    pub source: Option<String>,
+    pub event: String,
+    #[serde(default)]
+    pub actions: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Messages processed at once (and so, at most, leased from the queue at once).
+    pub concurrency: usize,
+    /// How often an idle worker polls the embedded queue.
+    pub poll_interval_ms: u64,
+    /// In-process retries per sink before the message is handed back to the queue.
+    pub sink_retries: usize,
+    pub sink_retry_min_ms: u64,
+    pub sink_retry_max_ms: u64,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            poll_interval_ms: 50,
+            sink_retries: 3,
+            sink_retry_min_ms: 100,
+            sink_retry_max_ms: 2_000,
+        }
+    }
+}
+
+/// The provider kinds accepted in a source's `provider` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    Github,
+    Flexport,
+    Slack,
+    SharedSecret,
+}
+
+/// One webhook source as written in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSettings {
+    pub provider: ProviderKind,
+    /// Secrets written inline (fine for local development, not for production).
+    #[serde(default)]
+    pub secrets: Vec<SecretString>,
+    /// Names of environment variables holding secrets, tried after `secrets`, in order.
+    #[serde(default)]
+    pub secrets_env: Vec<String>,
+    /// `slack`: accepted clock difference in seconds, both ways (default 300).
+    #[serde(default)]
+    pub tolerance_secs: Option<i64>,
+    /// `shared_secret`: the header carrying the secret.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// `shared_secret`: a header holding the sender's delivery id.
+    #[serde(default)]
+    pub delivery_id_header: Option<String>,
+    /// `shared_secret`: a header holding the event type.
+    #[serde(default)]
+    pub event_type_header: Option<String>,
+}
+
+/// A source ready to verify requests: its provider and resolved secrets.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub provider: Provider,
+    pub secrets: Vec<SecretString>,
+}
+
+impl Settings {
+    /// Loads the file at `path` (or `$HOOKLINE_CONFIG`, or `hookline.toml` if it exists)
+    /// and applies the process environment.
+    ///
+    /// # Errors
+    /// The file cannot be read or parsed, an override is malformed, or a value is invalid.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let path = path
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from))
+            .or_else(|| Some(PathBuf::from("hookline.toml")).filter(|p| p.exists()));
+        let text = match &path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.clone(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Self::from_parts(&text, std::env::vars())
+    }
+
+    /// Builds settings from TOML text and an explicit environment, so tests need no
+    /// process-wide `set_var`.
+    ///
+    /// # Errors
+    /// As [`Self::load`].
+    pub fn from_parts(
+        toml_text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut tree: toml::Table = toml::from_str(toml_text).map_err(ConfigError::Parse)?;
+        let mut port = None;
+        for (key, value) in env {
+            if key == "PORT" {
+                port = Some(value);
+            } else if let Some(path) = key.strip_prefix(ENV_PREFIX) {
+                apply_override(&mut tree, &key, path, &value)?;
+            }
+        }
+        let mut settings: Settings = tree.try_into().map_err(ConfigError::Parse)?;
+        if let Some(port) = port {
+            settings.server.port = port.parse().map_err(|_| ConfigError::Override {
+                var: "PORT".into(),
+                reason: format!("{port:?} is not a port number"),
+            })?;
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: &str| Err(ConfigError::Invalid(msg.into()));
+        let q = &self.queue.embedded;
+        if !(5..=100).contains(&q.max_delivery_attempts) {
+            return invalid(
+                "queue.embedded.max_delivery_attempts must be 5 to 100 (as in Pub/Sub)",
+            );
+        }
+        if q.ack_deadline_secs == 0 || q.min_backoff_ms > q.max_backoff_ms {
+            return invalid(
+                "queue.embedded: ack_deadline_secs > 0 and min_backoff_ms <= max_backoff_ms",
+            );
+        }
+        if self.worker.concurrency == 0 {
+            return invalid("worker.concurrency must be at least 1");
+        }
+        if self.server.max_body_bytes == 0 {
+            return invalid("server.max_body_bytes must be at least 1");
+        }
+        for name in self.sources.keys() {
+            let ok = (1..=63).contains(&name.len())
+                && name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
+            if !ok {
+                return Err(ConfigError::Source {
+                    source_name: name.clone(),
+                    reason: "names are 1-63 characters of a-z, 0-9, '-' and '_'".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds every source's verifier and reads its secrets from the environment.
+    ///
+    /// # Errors
+    /// A source names a missing environment variable, has no secret at all, or lacks a
+    /// setting its provider needs.
+    pub fn resolve_sources(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<BTreeMap<String, Source>, ConfigError> {
+        self.sources
+            .iter()
+            .map(|(name, s)| {
+                let err = |reason: String| ConfigError::Source {
+                    source_name: name.clone(),
+                    reason,
+                };
+                let mut secrets = s.secrets.clone();
+                for var in &s.secrets_env {
+                    let value = env(var)
+                        .filter(|v| !v.is_empty())
+                        .ok_or_else(|| err(format!("environment variable {var} is not set")))?;
+                    secrets.push(SecretString::from(value));
+                }
+                if secrets.is_empty() {
+                    return Err(err("no secret: set `secrets_env` (or `secrets`)".into()));
+                }
+                let provider = match s.provider {
+                    ProviderKind::Github => Provider::Github,
+                    ProviderKind::Flexport => Provider::Flexport,
+                    ProviderKind::Slack => Provider::Slack {
+                        tolerance_secs: s.tolerance_secs.unwrap_or(300),
+                    },
+                    ProviderKind::SharedSecret => Provider::SharedSecret {
+                        header: s
+                            .header
+                            .clone()
+                            .ok_or_else(|| err("shared_secret needs `header`".into()))?,
+                        delivery_id_header: s.delivery_id_header.clone(),
+                        event_type_header: s.event_type_header.clone(),
+                    },
+                };
+                Ok((
+                    name.clone(),
+                    Source {
+                        name: name.clone(),
+                        provider,
+                        secrets,
+                    },
+                ))
+            })
+            .collect()
+    }
+}
+
+/// Sets `a.b.c` from `HOOKLINE__A__B__C`. The value is read as a TOML value when it is one
+/// (`5`, `true`, `["A","B"]`) and as a string otherwise.
+fn apply_override(
+    tree: &mut toml::Table,
+    var: &str,
+    path: &str,
+    value: &str,
+) -> Result<(), ConfigError> {
+    let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+    if keys.iter().any(String::is_empty) {
+        return Err(ConfigError::Override {
+            var: var.into(),
+            reason: "empty path segment".into(),
+        });
+    }
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.into()));
+    let (last, parents) = keys
+        .split_last()
+        .expect("split yields one segment at least");
+    let mut table = tree;
+    for key in parents {
+        let entry = table
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry.as_table_mut().ok_or_else(|| ConfigError::Override {
+            var: var.into(),
+            reason: format!("`{key}` is not a section"),
+        })?;
+    }
+    table.insert(last.clone(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const FILE: &str = r#"
+        [server]
+        max_body_bytes = 1024
+        [sources.gh]
+        provider = "github"
+        secrets_env = ["GH_SECRET", "GH_SECRET_OLD"]
+        [sources.hook]
+        provider = "shared_secret"
+        header = "X-Token"
+        secrets = ["inline"]
+    "#;
+
+    #[test]
+    fn defaults_then_file_then_env_then_port() {
+        let s = Settings::from_parts(
+            FILE,
+            env(&[
+                ("HOOKLINE__SERVER__MAX_BODY_BYTES", "2048"),
+                ("HOOKLINE__QUEUE__EMBEDDED__PATH", "/tmp/q.sqlite3"),
+                ("PORT", "9999"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.server.max_body_bytes, 2048);
+        assert_eq!(s.server.port, 9999);
+        assert_eq!(s.server.publish_timeout_ms, 5_000);
+        assert_eq!(s.queue.embedded.path, PathBuf::from("/tmp/q.sqlite3"));
+        assert_eq!(s.slack.notify[0].event, "issues");
+    }
+
+    #[test]
+    fn secrets_come_from_the_named_variables() {
+        let s = Settings::from_parts(FILE, []).unwrap();
+        let sources = s
+            .resolve_sources(|v| match v {
+                "GH_SECRET" => Some("new".into()),
+                "GH_SECRET_OLD" => Some("old".into()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(sources["gh"].secrets.len(), 2);
+        assert_eq!(sources["gh"].provider, Provider::Github);
+        assert!(matches!(
+            sources["hook"].provider,
+            Provider::SharedSecret { .. }
+        ));
+
+        let err = s.resolve_sources(|_| None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "source `gh`: environment variable GH_SECRET is not set"
+        );
+    }
+
+    #[test]
+    fn mistakes_are_reported_not_ignored() {
+        let typo = "[sources.gh]\nprovider = \"github\"\nsecret_env = [\"X\"]";
+        assert!(matches!(
+            Settings::from_parts(typo, []),
+            Err(ConfigError::Parse(_))
+        ));
+        let bad_name = "[sources.\"Git Hub\"]\nprovider = \"github\"\nsecrets = [\"x\"]";
+        assert!(matches!(
+            Settings::from_parts(bad_name, []),
+            Err(ConfigError::Source { .. })
+        ));
+        assert!(matches!(
+            Settings::from_parts("", env(&[("PORT", "http")])),
+            Err(ConfigError::Override { .. })
+        ));
+        let attempts = env(&[("HOOKLINE__QUEUE__EMBEDDED__MAX_DELIVERY_ATTEMPTS", "1")]);
+        assert!(matches!(
+            Settings::from_parts("", attempts),
+            Err(ConfigError::Invalid(_))
+        ));
+        let no_header = "[sources.s]\nprovider = \"shared_secret\"\nsecrets = [\"x\"]";
+        let s = Settings::from_parts(no_header, []).unwrap();
+        assert!(s.resolve_sources(|_| None).is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let s = Settings::from_parts(FILE, []).unwrap();
+        assert!(!format!("{s:?}").contains("inline"));
+    }
+}

@@ -1,0 +1,21 @@
+//! What ingest and worker share.
+//!
+//! - [`envelope`]: the raw body plus metadata attributes, the unit on the queue.
+//! - [`verify`]: provider signature schemes, one file per provider, and delivery ids.
+//! - [`config`]: typed settings, layered defaults → file → environment.
+//! - [`queue`]: the publish/subscribe contract and the embedded SQLite engine.
+//! - [`sink`]: the archive and warehouse contracts and their error classification.
+//! - [`schema`]: the warehouse table, read from the one schema file under `infra/`.
+//! - [`archive_name`]: where a delivery's body is archived.
+#![forbid(unsafe_code)]
+
+pub mod archive_name;
+pub mod config;
+pub mod envelope;
+pub mod queue;
+pub mod schema;
+pub mod sink;
+pub mod verify;
+
+#[cfg(test)]
+pub(crate) mod test_support;

@@ -1,0 +1,460 @@
+//! The embedded queue: one SQLite file in WAL mode, shared by the ingest and worker processes.
+//!
+//! Durability: every publish is committed with `synchronous=FULL`, so the WAL is fsync'd
+//! before ingest answers 200. Publishes go through one writer thread that commits everything
+//! waiting in one transaction (group commit): under load many requests share one fsync, when
+//! idle a request pays for exactly one.
+//!
+//! Delivery: a row is *leased* by setting `visible_at` to now + ack deadline and a random
+//! `lease` token, and counting the attempt. Ack deletes the row, nack makes it visible again
+//! after the retry backoff, and a lease that runs out makes it visible by itself. Only the
+//! holder of the current lease can settle a row, so a slow consumer whose deadline passed
+//! cannot ack a message another consumer is now working on. A row whose attempts reached the
+//! maximum moves to the dead-letter topic instead of being leased again.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::Utc;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::oneshot;
+
+use super::{Acker, DeadLetter, Delivery, Publisher, QueueError, Subscriber, redelivery_backoff};
+use crate::config::EmbeddedQueueSettings;
+use crate::envelope::Envelope;
+
+/// Topic names inside the file; the same names the Pub/Sub engine uses by default.
+pub const MAIN_TOPIC: &str = "hookline-events";
+pub const DEAD_LETTER_TOPIC: &str = "hookline-events-dead-letter";
+
+/// Publishes waiting for the writer beyond this many are refused (503) rather than queued
+/// without bound in memory.
+const WRITER_BACKLOG: usize = 4096;
+/// The most publishes one transaction commits.
+const GROUP_COMMIT_MAX: usize = 512;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS messages (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic        TEXT    NOT NULL,
+    body         BLOB    NOT NULL,
+    attributes   TEXT    NOT NULL,  -- JSON object of string attributes
+    published_at INTEGER NOT NULL,  -- unix milliseconds
+    visible_at   INTEGER NOT NULL,  -- unix milliseconds; leased until then
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    lease        INTEGER            -- token of the current lease, NULL when not leased
+);
+CREATE INDEX IF NOT EXISTS messages_ready ON messages (topic, visible_at, id);
+";
+
+struct PublishRequest {
+    topic: &'static str,
+    body: Bytes,
+    attributes: String,
+    reply: oneshot::Sender<Result<i64, rusqlite::Error>>,
+}
+
+/// A handle on the queue file. Cheap to clone; every clone shares the writer thread.
+#[derive(Clone)]
+pub struct EmbeddedQueue {
+    writer: SyncSender<PublishRequest>,
+    consumer: Arc<Mutex<Connection>>,
+    settings: Arc<EmbeddedQueueSettings>,
+    poll_interval: Duration,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for EmbeddedQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedQueue")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+impl EmbeddedQueue {
+    /// Opens (creating if needed) the queue file and starts its writer thread.
+    ///
+    /// # Errors
+    /// The file or its folder cannot be created or opened as a SQLite database.
+    pub fn open(
+        settings: &EmbeddedQueueSettings,
+        poll_interval: Duration,
+    ) -> Result<Self, QueueError> {
+        let path = settings.path.clone();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(QueueError::unavailable)?;
+        }
+        let writer_conn = open_connection(&path).map_err(QueueError::unavailable)?;
+        let consumer = open_connection(&path).map_err(QueueError::unavailable)?;
+        let (tx, rx) = sync_channel(WRITER_BACKLOG);
+        std::thread::Builder::new()
+            .name("queue-writer".into())
+            .spawn(move || writer_loop(writer_conn, rx))
+            .map_err(QueueError::unavailable)?;
+        Ok(Self {
+            writer: tx,
+            consumer: Arc::new(Mutex::new(consumer)),
+            settings: Arc::new(settings.clone()),
+            poll_interval,
+            path,
+        })
+    }
+
+    /// A subscriber on the main topic, dead-lettering after the configured attempts.
+    pub fn subscriber(&self) -> EmbeddedSubscription {
+        EmbeddedSubscription {
+            queue: self.clone(),
+            topic: MAIN_TOPIC,
+            dead_letter_topic: Some(DEAD_LETTER_TOPIC),
+        }
+    }
+
+    /// A subscriber on the dead-letter topic, for operators' replay.
+    pub fn dead_letter_subscriber(&self) -> EmbeddedSubscription {
+        EmbeddedSubscription {
+            queue: self.clone(),
+            topic: DEAD_LETTER_TOPIC,
+            dead_letter_topic: None,
+        }
+    }
+
+    /// Publishes to a named topic and waits for the fsync'd commit.
+    ///
+    /// # Errors
+    /// The writer's backlog is full, the writer is gone, or the commit failed.
+    pub async fn publish_to(
+        &self,
+        topic: &'static str,
+        body: Bytes,
+        attributes: &BTreeMap<String, String>,
+    ) -> Result<String, QueueError> {
+        let (reply, rx) = oneshot::channel();
+        let request = PublishRequest {
+            topic,
+            body,
+            attributes: serde_json::to_string(attributes).map_err(QueueError::unavailable)?,
+            reply,
+        };
+        match self.writer.try_send(request) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(QueueError::Full),
+            Err(TrySendError::Disconnected(_)) => return Err(QueueError::Closed),
+        }
+        let id = rx
+            .await
+            .map_err(|_| QueueError::Closed)?
+            .map_err(QueueError::unavailable)?;
+        Ok(id.to_string())
+    }
+
+    /// Messages per topic: (visible now, leased), for tests, readiness and operators.
+    ///
+    /// # Errors
+    /// The file cannot be read.
+    pub async fn depth(&self, topic: &'static str) -> Result<(i64, i64), QueueError> {
+        self.with_consumer(move |conn| {
+            conn.query_row(
+                "SELECT COALESCE(SUM(visible_at <= ?2), 0), COALESCE(SUM(visible_at > ?2), 0)
+                 FROM messages WHERE topic = ?1",
+                params![topic, now_ms()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })
+        .await
+    }
+
+    async fn with_consumer<T, F>(&self, f: F) -> Result<T, QueueError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.consumer);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(QueueError::unavailable)?
+        .map_err(QueueError::unavailable)
+    }
+}
+
+/// Drains the request channel, committing each batch in one transaction.
+fn writer_loop(mut conn: Connection, rx: Receiver<PublishRequest>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < GROUP_COMMIT_MAX {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let result = commit_batch(&mut conn, &batch);
+        for (i, request) in batch.into_iter().enumerate() {
+            let reply = match &result {
+                Ok(ids) => Ok(ids[i]),
+                Err(e) => Err(clone_sqlite_error(e)),
+            };
+            // The requester may have timed out and gone; its message is stored regardless.
+            let _ = request.reply.send(reply);
+        }
+    }
+}
+
+fn commit_batch(conn: &mut Connection, batch: &[PublishRequest]) -> rusqlite::Result<Vec<i64>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = now_ms();
+    let mut ids = Vec::with_capacity(batch.len());
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO messages (topic, body, attributes, published_at, visible_at)
+             VALUES (?1, ?2, ?3, ?4, ?4)",
+        )?;
+        for r in batch {
+            insert.execute(params![r.topic, &r.body[..], r.attributes, now])?;
+            ids.push(tx.last_insert_rowid());
+        }
+    }
+    tx.commit()?;
+    Ok(ids)
+}
+
+fn clone_sqlite_error(e: &rusqlite::Error) -> rusqlite::Error {
+    match e {
+        rusqlite::Error::SqliteFailure(code, msg) => {
+            rusqlite::Error::SqliteFailure(*code, msg.clone())
+        }
+        other => rusqlite::Error::ToSqlConversionFailure(other.to_string().into()),
+    }
+}
+
+#[async_trait]
+impl Publisher for EmbeddedQueue {
+    async fn publish(&self, envelope: &Envelope) -> Result<String, QueueError> {
+        self.publish_to(
+            MAIN_TOPIC,
+            envelope.body.clone(),
+            &envelope.meta.to_attributes(),
+        )
+        .await
+    }
+
+    async fn ready(&self) -> Result<(), QueueError> {
+        self.with_consumer(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
+            .await
+    }
+}
+
+/// A subscription on one topic of the file.
+#[derive(Debug, Clone)]
+pub struct EmbeddedSubscription {
+    queue: EmbeddedQueue,
+    topic: &'static str,
+    dead_letter_topic: Option<&'static str>,
+}
+
+type LeasedRow = (i64, Vec<u8>, String, u32);
+
+impl EmbeddedSubscription {
+    fn lease(
+        &self,
+        max: usize,
+    ) -> impl FnOnce(&mut Connection) -> rusqlite::Result<(i64, Vec<LeasedRow>)> + Send + 'static
+    {
+        let topic = self.topic;
+        let dead_letter_topic = self.dead_letter_topic;
+        let settings = Arc::clone(&self.queue.settings);
+        move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = now_ms();
+            if let Some(dlq) = dead_letter_topic {
+                // A message whose last lease expired after its final attempt moves on, as
+                // Pub/Sub forwards it to the dead-letter topic.
+                let reason = "max_delivery_attempts";
+                tx.execute(
+                    "UPDATE messages SET topic = ?1, visible_at = ?2, lease = NULL,
+                       attributes = json_set(attributes,
+                         '$.dead_letter_sink', 'queue',
+                         '$.dead_letter_reason', ?5,
+                         '$.dead_letter_attempts', CAST(attempts AS TEXT),
+                         '$.dead_letter_at', strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+                       attempts = 0
+                     WHERE topic = ?3 AND visible_at <= ?2 AND attempts >= ?4",
+                    params![dlq, now, topic, settings.max_delivery_attempts, reason],
+                )?;
+            }
+            let lease: i64 = rand::random::<i64>().abs().max(1);
+            let deadline =
+                now + i64::try_from(settings.ack_deadline_secs * 1000).unwrap_or(i64::MAX);
+            let rows = {
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE messages SET attempts = attempts + 1, visible_at = ?1, lease = ?2
+                     WHERE id IN (SELECT id FROM messages WHERE topic = ?3 AND visible_at <= ?4
+                                  ORDER BY id LIMIT ?5)
+                     RETURNING id, body, attributes, attempts",
+                )?;
+                stmt.query_map(params![deadline, lease, topic, now, max as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect::<rusqlite::Result<Vec<LeasedRow>>>()?
+            };
+            tx.commit()?;
+            Ok((lease, rows))
+        }
+    }
+}
+
+#[async_trait]
+impl Subscriber for EmbeddedSubscription {
+    async fn pull(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
+        let give_up = tokio::time::Instant::now() + wait;
+        loop {
+            let (lease, rows) = self.queue.with_consumer(self.lease(max)).await?;
+            if !rows.is_empty() {
+                let mut out = Vec::with_capacity(rows.len());
+                for (id, body, attributes, attempts) in rows {
+                    // Attributes were written by us as a JSON object of strings; anything
+                    // else is kept visible as a decode failure for the worker to dead-letter.
+                    let attributes: BTreeMap<String, String> =
+                        serde_json::from_str(&attributes).unwrap_or_default();
+                    out.push(Delivery {
+                        message_id: id.to_string(),
+                        body: Bytes::from(body),
+                        attributes,
+                        attempt: attempts,
+                        acker: Box::new(EmbeddedAcker {
+                            queue: self.queue.clone(),
+                            id,
+                            lease,
+                            attempt: attempts,
+                            dead_letter_topic: self.dead_letter_topic,
+                        }),
+                    });
+                }
+                return Ok(out);
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Ok(Vec::new());
+            }
+            tokio::time::sleep(self.queue.poll_interval).await;
+        }
+    }
+}
+
+/// Settles one leased row, provided the lease is still ours.
+#[derive(Debug)]
+struct EmbeddedAcker {
+    queue: EmbeddedQueue,
+    id: i64,
+    lease: i64,
+    attempt: u32,
+    dead_letter_topic: Option<&'static str>,
+}
+
+impl EmbeddedAcker {
+    async fn settle(&self, sql: &'static str, extra: Option<i64>) -> Result<(), QueueError> {
+        let (id, lease) = (self.id, self.lease);
+        let changed = self
+            .queue
+            .with_consumer(move |conn| match extra {
+                Some(v) => conn.execute(sql, params![id, lease, v]),
+                None => conn.execute(sql, params![id, lease]),
+            })
+            .await?;
+        if changed == 0 {
+            // The deadline passed and the message was leased again (or dead-lettered). The
+            // other holder will settle it; our effects were idempotent.
+            tracing::warn!(
+                message_id = id,
+                "lease expired before settling; message left to its new holder"
+            );
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Acker for EmbeddedAcker {
+    async fn ack(self: Box<Self>) -> Result<(), QueueError> {
+        self.settle("DELETE FROM messages WHERE id = ?1 AND lease = ?2", None)
+            .await
+    }
+
+    async fn nack(self: Box<Self>) -> Result<(), QueueError> {
+        let s = &self.queue.settings;
+        let delay = redelivery_backoff(
+            self.attempt,
+            Duration::from_millis(s.min_backoff_ms),
+            Duration::from_millis(s.max_backoff_ms),
+        );
+        let visible_at = now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        self.settle(
+            "UPDATE messages SET visible_at = ?3, lease = NULL WHERE id = ?1 AND lease = ?2",
+            Some(visible_at),
+        )
+        .await
+    }
+
+    async fn dead_letter(self: Box<Self>, reason: DeadLetter) -> Result<(), QueueError> {
+        let Some(dlq) = self.dead_letter_topic else {
+            // Already on the dead-letter topic: leave it for the next operator run.
+            return self.nack().await;
+        };
+        let (id, lease) = (self.id, self.lease);
+        self.queue
+            .with_consumer(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let attributes: Option<String> = tx
+                    .query_row(
+                        "SELECT attributes FROM messages WHERE id = ?1 AND lease = ?2",
+                        params![id, lease],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(attributes) = attributes {
+                    let mut map: BTreeMap<String, String> =
+                        serde_json::from_str(&attributes).unwrap_or_default();
+                    reason.annotate(&mut map);
+                    let attributes = serde_json::to_string(&map).unwrap_or(attributes);
+                    tx.execute(
+                        "UPDATE messages SET topic = ?3, attributes = ?4, attempts = 0,
+                           visible_at = ?5, lease = NULL WHERE id = ?1 AND lease = ?2",
+                        params![id, lease, dlq, attributes, now_ms()],
+                    )?;
+                }
+                tx.commit()
+            })
+            .await
+    }
+
+    async fn extend(&self, by: Duration) -> Result<(), QueueError> {
+        let visible_at = now_ms() + i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+        self.settle(
+            "UPDATE messages SET visible_at = ?3 WHERE id = ?1 AND lease = ?2",
+            Some(visible_at),
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,120 @@
+//! The warehouse table, defined once in `infra/bigquery/events.schema.json` (BigQuery's own
+//! schema format, so `bq mk` and Terraform read it as is) and turned into SQLite DDL here. A
+//! row is built by one function for both engines, so the two can never disagree on columns.
+
+use std::sync::LazyLock;
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::envelope::{Envelope, format_time};
+
+/// The schema file's text, compiled in.
+pub const SCHEMA_JSON: &str = include_str!("../../infra/bigquery/events.schema.json");
+/// The table name in both engines.
+pub const TABLE: &str = "events";
+
+/// One column as BigQuery describes it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Field {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub mode: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// The parsed schema. The file is part of the build, so a broken file fails the tests.
+pub static FIELDS: LazyLock<Vec<Field>> = LazyLock::new(|| {
+    serde_json::from_str(SCHEMA_JSON).expect("infra/bigquery/events.schema.json is valid")
+});
+
+/// `CREATE TABLE` for SQLite. TIMESTAMPs are RFC 3339 text, which SQLite's date functions
+/// read and which sorts in time order. `(source, id)` is unique: one row per delivery.
+pub fn sqlite_ddl() -> String {
+    let columns: Vec<String> = FIELDS
+        .iter()
+        .map(|f| {
+            let kind = match f.kind.as_str() {
+                "INTEGER" | "INT64" => "INTEGER",
+                "FLOAT" | "FLOAT64" => "REAL",
+                "BOOLEAN" | "BOOL" => "INTEGER",
+                _ => "TEXT",
+            };
+            let null = if f.mode == "REQUIRED" {
+                " NOT NULL"
+            } else {
+                ""
+            };
+            format!("    {} {kind}{null}", f.name)
+        })
+        .collect();
+    format!(
+        "CREATE TABLE IF NOT EXISTS {TABLE} (\n{},\n    UNIQUE (source, id)\n);\n\
+         CREATE INDEX IF NOT EXISTS {TABLE}_ts ON {TABLE} (ts);",
+        columns.join(",\n")
+    )
+}
+
+/// The row for one delivery, keyed by column name, as both engines insert it.
+pub fn row(
+    envelope: &Envelope,
+    archive_object: &str,
+    inserted_at: DateTime<Utc>,
+) -> Map<String, Value> {
+    let m = &envelope.meta;
+    let (payload, encoding) = match std::str::from_utf8(&envelope.body) {
+        Ok(text) => (text.to_owned(), "utf8"),
+        Err(_) => (
+            base64::engine::general_purpose::STANDARD.encode(&envelope.body),
+            "base64",
+        ),
+    };
+    let mut r = Map::new();
+    r.insert("id".into(), m.delivery_id.clone().into());
+    r.insert("ts".into(), format_time(m.received_at).into());
+    r.insert("source".into(), m.source.clone().into());
+    r.insert("provider".into(), m.provider.clone().into());
+    r.insert("event_type".into(), m.event_type.clone().into());
+    r.insert("payload".into(), payload.into());
+    r.insert("payload_encoding".into(), encoding.into());
+    r.insert("content_type".into(), m.content_type.clone().into());
+    r.insert("request_id".into(), m.request_id.clone().into());
+    r.insert("archive_object".into(), archive_object.into());
+    r.insert("replay_count".into(), m.replay_count.into());
+    r.insert("inserted_at".into(), format_time(inserted_at).into());
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_schema_column_gets_a_value_and_nothing_else() {
+        let env = crate::test_support::envelope("d1", b"\xff\xfe binary");
+        let r = row(&env, "gh/obj", Utc::now());
+        let mut cols: Vec<&str> = FIELDS.iter().map(|f| f.name.as_str()).collect();
+        let mut keys: Vec<&str> = r.keys().map(String::as_str).collect();
+        cols.sort_unstable();
+        keys.sort_unstable();
+        assert_eq!(cols, keys);
+        assert_eq!(r["payload_encoding"], "base64");
+        assert_eq!(r["payload"], "//4gYmluYXJ5");
+    }
+
+    #[test]
+    fn ddl_has_every_column_and_the_unique_key() {
+        let ddl = sqlite_ddl();
+        for f in FIELDS.iter() {
+            assert!(ddl.contains(&format!("    {} ", f.name)), "{}", f.name);
+        }
+        assert!(ddl.contains("id TEXT NOT NULL"));
+        assert!(ddl.contains("UNIQUE (source, id)"));
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(&ddl).unwrap();
+    }
+}

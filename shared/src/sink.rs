@@ -1,0 +1,88 @@
+//! The sink contracts: what the worker does with each message, one engine per backend.
+//!
+//! Every sink call is keyed by the delivery id so that repeating it is harmless: the archive
+//! writes a deterministic object name create-only, the warehouse inserts with the delivery id
+//! as a unique key (and `insertId` on BigQuery). Errors say whether trying again can help:
+//! the worker retries `Transient` ones and dead-letters `Permanent` ones.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::envelope::Envelope;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A sink failure, classified.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Worth retrying (timeouts, 5xx, 429, a locked database); `retry_after` when the other
+    /// side said how long to wait.
+    #[error("transient failure: {message}")]
+    Transient {
+        message: String,
+        retry_after: Option<Duration>,
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// Retrying cannot help (a rejected row, a 4xx, an undecodable body).
+    #[error("permanent failure: {message}")]
+    Permanent {
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+impl SinkError {
+    pub fn transient(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Transient {
+            message: message.into(),
+            retry_after: None,
+            source: Some(source.into()),
+        }
+    }
+    pub fn permanent(message: impl Into<String>, source: Option<BoxError>) -> Self {
+        Self::Permanent {
+            message: message.into(),
+            source,
+        }
+    }
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient { .. })
+    }
+}
+
+/// Whether an effect happened now or had already happened (a redelivery).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Written,
+    AlreadyDone,
+}
+
+/// Stores the raw body under a name derived from the envelope.
+#[async_trait]
+pub trait Archive: Send + Sync + std::fmt::Debug {
+    /// Writes the body create-only; an existing object with that name means done.
+    ///
+    /// # Errors
+    /// Classified per engine.
+    async fn put(&self, object: &str, envelope: &Envelope) -> Result<Outcome, SinkError>;
+
+    /// Reads an object back (claim checks, replay from the archive).
+    ///
+    /// # Errors
+    /// Classified per engine; a missing object is permanent.
+    async fn get(&self, object: &str) -> Result<bytes::Bytes, SinkError>;
+}
+
+/// Stores one row per delivery.
+#[async_trait]
+pub trait Warehouse: Send + Sync + std::fmt::Debug {
+    /// Inserts the row for this delivery; a row already present for it means done.
+    ///
+    /// # Errors
+    /// Classified per engine.
+    async fn insert(&self, envelope: &Envelope, archive_object: &str)
+    -> Result<Outcome, SinkError>;
+}

@@ -1,0 +1,457 @@
+//! Each scheme is tested first with the provider's published example, then with tampered
+//! bodies, wrong secrets, missing or duplicated headers, and timestamps outside the window.
+
+use chrono::{DateTime, TimeZone, Utc};
+use secrecy::SecretString;
+
+use super::*;
+
+fn secrets(list: &[&str]) -> Vec<SecretString> {
+    list.iter()
+        .map(|s| SecretString::from(s.to_string()))
+        .collect()
+}
+
+fn at(unix: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(unix, 0).unwrap()
+}
+
+const GH_SECRET: &str = "It's a Secret to Everybody";
+const GH_BODY: &[u8] = b"Hello, World!";
+// From GitHub's "Validating webhook deliveries" documentation.
+const GH_SHA256: &str = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+// The same example under the legacy SHA-1 scheme (computed with Python's hmac module).
+const GH_SHA1: &str = "sha1=01dc10d0c83e72ed246219cdd91669667fe2ca59";
+
+const SLACK_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
+const SLACK_TS: i64 = 1_531_420_618;
+// From Slack's "Verifying requests from Slack" documentation.
+const SLACK_BODY: &[u8] = b"token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c";
+const SLACK_SIG: &str = "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503";
+
+const FLEX_SECRET: &str = "flexport-secret";
+const FLEX_BODY: &[u8] = br#"{"id":42,"type":"/shipment_event#created"}"#;
+const FLEX_SHA1: &str = "db21d0d131ead9dfe59e92b85c9b796071a7df91";
+
+fn slack() -> Provider {
+    Provider::Slack {
+        tolerance_secs: 300,
+    }
+}
+
+fn shared() -> Provider {
+    Provider::SharedSecret {
+        header: "X-Webhook-Token".into(),
+        delivery_id_header: Some("X-Request-Id".into()),
+        event_type_header: None,
+    }
+}
+
+struct Case {
+    name: &'static str,
+    provider: Provider,
+    secrets: &'static [&'static str],
+    headers: Vec<(&'static str, String)>,
+    body: &'static [u8],
+    now: i64,
+    want: Result<(usize, &'static str), SignatureError>,
+}
+
+fn cases() -> Vec<Case> {
+    use SignatureError::*;
+    let gh = |headers: Vec<(&'static str, String)>| headers;
+    let slack_headers = |sig: &str, ts: i64| {
+        vec![
+            ("X-Slack-Signature", sig.to_string()),
+            ("X-Slack-Request-Timestamp", ts.to_string()),
+        ]
+    };
+    vec![
+        Case {
+            name: "github published sha256 example",
+            provider: Provider::Github,
+            secrets: &[GH_SECRET],
+            headers: gh(vec![("X-Hub-Signature-256", GH_SHA256.into())]),
+            body: GH_BODY,
+            now: 0,
+            want: Ok((0, "sha256")),
+        },
+        Case {
+            name: "github legacy sha1 when sha256 absent",
+            provider: Provider::Github,
+            secrets: &[GH_SECRET],
+            headers: gh(vec![("x-hub-signature", GH_SHA1.into())]),
+            body: GH_BODY,
+            now: 0,
+            want: Ok((0, "sha1")),
+        },
+        Case {
+            name: "github rotated secret matches second key",
+            provider: Provider::Github,
+            secrets: &["new-secret", GH_SECRET],
+            headers: gh(vec![("X-Hub-Signature-256", GH_SHA256.into())]),
+            body: GH_BODY,
+            now: 0,
+            want: Ok((1, "sha256")),
+        },
+        Case {
+            name: "github wrong sha256 is not rescued by a valid sha1",
+            provider: Provider::Github,
+            secrets: &[GH_SECRET],
+            headers: gh(vec![
+                ("X-Hub-Signature-256", GH_SHA256.replace("757", "000")),
+                ("X-Hub-Signature", GH_SHA1.into()),
+            ]),
+            body: GH_BODY,
+            now: 0,
+            want: Err(Mismatch),
+        },
+        Case {
+            name: "github tampered body",
+            provider: Provider::Github,
+            secrets: &[GH_SECRET],
+            headers: gh(vec![("X-Hub-Signature-256", GH_SHA256.into())]),
+            body: b"Hello, World?",
+            now: 0,
+            want: Err(Mismatch),
+        },
+        Case {
+            name: "github wrong secret",
+            provider: Provider::Github,
+            secrets: &["It's a secret to everybody"],
+            headers: gh(vec![("X-Hub-Signature-256", GH_SHA256.into())]),
+            body: GH_BODY,
+            now: 0,
+            want: Err(Mismatch),
+        },
+        Case {
+            name: "github missing signature",
+            provider: Provider::Github,
+            secrets: &[GH_SECRET],
+            headers: vec![],
+            body: GH_BODY,
+            now: 0,
+            want: Err(MissingHeader("X-Hub-Signature-256")),
+        },
+        Case {
+            name: "github sha1 prefix in the sha256 header",
+            provider: Provider::Github,
+            secrets: &[GH_SECRET],
+            headers: gh(vec![("X-Hub-Signature-256", GH_SHA1.into())]),
+            body: GH_BODY,
+            now: 0,
+            want: Err(MalformedHeader("X-Hub-Signature-256")),
+        },
+        Case {
+            name: "github non-hex signature",
+            provider: Provider::Github,
+            secrets: &[GH_SECRET],
+            headers: gh(vec![("X-Hub-Signature-256", "sha256=zz".into())]),
+            body: GH_BODY,
+            now: 0,
+            want: Err(MalformedHeader("X-Hub-Signature-256")),
+        },
+        Case {
+            name: "github truncated signature",
+            provider: Provider::Github,
+            secrets: &[GH_SECRET],
+            headers: gh(vec![("X-Hub-Signature-256", GH_SHA256[..39].into())]),
+            body: GH_BODY,
+            now: 0,
+            want: Err(Mismatch),
+        },
+        Case {
+            name: "github duplicated signature header",
+            provider: Provider::Github,
+            secrets: &[GH_SECRET],
+            headers: gh(vec![
+                ("X-Hub-Signature-256", GH_SHA256.into()),
+                ("X-Hub-Signature-256", GH_SHA256.into()),
+            ]),
+            body: GH_BODY,
+            now: 0,
+            want: Err(DuplicateHeader("X-Hub-Signature-256")),
+        },
+        Case {
+            name: "flexport with sha1= prefix",
+            provider: Provider::Flexport,
+            secrets: &[FLEX_SECRET],
+            headers: vec![("X-Hub-Signature", format!("sha1={FLEX_SHA1}"))],
+            body: FLEX_BODY,
+            now: 0,
+            want: Ok((0, "sha1")),
+        },
+        Case {
+            name: "flexport bare hex",
+            provider: Provider::Flexport,
+            secrets: &[FLEX_SECRET],
+            headers: vec![("X-Hub-Signature", FLEX_SHA1.into())],
+            body: FLEX_BODY,
+            now: 0,
+            want: Ok((0, "sha1")),
+        },
+        Case {
+            name: "flexport tampered body",
+            provider: Provider::Flexport,
+            secrets: &[FLEX_SECRET],
+            headers: vec![("X-Hub-Signature", FLEX_SHA1.into())],
+            body: br#"{"id":43,"type":"/shipment_event#created"}"#,
+            now: 0,
+            want: Err(Mismatch),
+        },
+        Case {
+            name: "flexport missing header",
+            provider: Provider::Flexport,
+            secrets: &[FLEX_SECRET],
+            headers: vec![],
+            body: FLEX_BODY,
+            now: 0,
+            want: Err(MissingHeader("X-Hub-Signature")),
+        },
+        Case {
+            name: "slack published example",
+            provider: slack(),
+            secrets: &[SLACK_SECRET],
+            headers: slack_headers(SLACK_SIG, SLACK_TS),
+            body: SLACK_BODY,
+            now: SLACK_TS + 10,
+            want: Ok((0, "v0")),
+        },
+        Case {
+            name: "slack at the edge of the window",
+            provider: slack(),
+            secrets: &[SLACK_SECRET],
+            headers: slack_headers(SLACK_SIG, SLACK_TS),
+            body: SLACK_BODY,
+            now: SLACK_TS + 300,
+            want: Ok((0, "v0")),
+        },
+        Case {
+            name: "slack stale timestamp",
+            provider: slack(),
+            secrets: &[SLACK_SECRET],
+            headers: slack_headers(SLACK_SIG, SLACK_TS),
+            body: SLACK_BODY,
+            now: SLACK_TS + 301,
+            want: Err(StaleTimestamp {
+                age_secs: 301,
+                tolerance_secs: 300,
+            }),
+        },
+        Case {
+            name: "slack future timestamp",
+            provider: slack(),
+            secrets: &[SLACK_SECRET],
+            headers: slack_headers(SLACK_SIG, SLACK_TS),
+            body: SLACK_BODY,
+            now: SLACK_TS - 301,
+            want: Err(FutureTimestamp {
+                ahead_secs: 301,
+                tolerance_secs: 300,
+            }),
+        },
+        Case {
+            name: "slack timestamp changed (signature covers it)",
+            provider: slack(),
+            secrets: &[SLACK_SECRET],
+            headers: slack_headers(SLACK_SIG, SLACK_TS + 1),
+            body: SLACK_BODY,
+            now: SLACK_TS,
+            want: Err(Mismatch),
+        },
+        Case {
+            name: "slack tampered body",
+            provider: slack(),
+            secrets: &[SLACK_SECRET],
+            headers: slack_headers(SLACK_SIG, SLACK_TS),
+            body: b"token=forged",
+            now: SLACK_TS,
+            want: Err(Mismatch),
+        },
+        Case {
+            name: "slack wrong secret",
+            provider: slack(),
+            secrets: &["8f742231b10e8888abcd99yyyzzz85a6"],
+            headers: slack_headers(SLACK_SIG, SLACK_TS),
+            body: SLACK_BODY,
+            now: SLACK_TS,
+            want: Err(Mismatch),
+        },
+        Case {
+            name: "slack missing timestamp",
+            provider: slack(),
+            secrets: &[SLACK_SECRET],
+            headers: vec![("X-Slack-Signature", SLACK_SIG.into())],
+            body: SLACK_BODY,
+            now: SLACK_TS,
+            want: Err(MissingHeader("X-Slack-Request-Timestamp")),
+        },
+        Case {
+            name: "slack non-numeric timestamp",
+            provider: slack(),
+            secrets: &[SLACK_SECRET],
+            headers: vec![
+                ("X-Slack-Signature", SLACK_SIG.into()),
+                ("X-Slack-Request-Timestamp", "yesterday".into()),
+            ],
+            body: SLACK_BODY,
+            now: SLACK_TS,
+            want: Err(MalformedHeader("X-Slack-Request-Timestamp")),
+        },
+        Case {
+            name: "slack v1 prefix",
+            provider: slack(),
+            secrets: &[SLACK_SECRET],
+            headers: slack_headers(&SLACK_SIG.replace("v0=", "v1="), SLACK_TS),
+            body: SLACK_BODY,
+            now: SLACK_TS,
+            want: Err(MalformedHeader("X-Slack-Signature")),
+        },
+        Case {
+            name: "shared secret matches",
+            provider: shared(),
+            secrets: &["old", "s3cr3t-token"],
+            headers: vec![("x-webhook-token", "s3cr3t-token".into())],
+            body: b"{}",
+            now: 0,
+            want: Ok((1, "shared_secret")),
+        },
+        Case {
+            name: "shared secret prefix of the real one",
+            provider: shared(),
+            secrets: &["s3cr3t-token"],
+            headers: vec![("X-Webhook-Token", "s3cr3t".into())],
+            body: b"{}",
+            now: 0,
+            want: Err(Mismatch),
+        },
+        Case {
+            name: "shared secret missing",
+            provider: shared(),
+            secrets: &["s3cr3t-token"],
+            headers: vec![],
+            body: b"{}",
+            now: 0,
+            want: Err(MissingHeader("configured header")),
+        },
+    ]
+}
+
+#[test]
+fn signature_schemes() {
+    for case in cases() {
+        let headers: Vec<(&str, &str)> =
+            case.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let got = case
+            .provider
+            .verify(
+                &secrets(case.secrets),
+                headers.as_slice(),
+                case.body,
+                at(case.now),
+            )
+            .map(|v| (v.key_index(), v.scheme()));
+        assert_eq!(got, case.want, "case: {}", case.name);
+    }
+}
+
+#[test]
+fn sign_produces_what_verify_accepts() {
+    let now = at(1_700_000_000);
+    let body = br#"{"event_id":"Ev1","type":"event_callback","event":{"type":"message"}}"#;
+    for provider in [Provider::Github, Provider::Flexport, slack(), shared()] {
+        let signed = provider.sign("k3y", body, now);
+        let headers: Vec<(&str, &str)> = signed
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let verified = provider.verify(&secrets(&["other", "k3y"]), headers.as_slice(), body, now);
+        assert_eq!(
+            verified.map(|v| v.key_index()),
+            Ok(1),
+            "{}",
+            provider.kind()
+        );
+    }
+}
+
+fn describe(provider: &Provider, headers: &[(&str, &str)], body: &[u8]) -> Described {
+    let proof = Verified {
+        key_index: 0,
+        scheme: "test",
+    };
+    provider
+        .describe(&proof, headers, body, Some("application/json"))
+        .unwrap()
+}
+
+#[test]
+fn delivery_ids_per_provider() {
+    let gh = describe(
+        &Provider::Github,
+        &[
+            ("X-GitHub-Event", "issues"),
+            ("X-GitHub-Delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958"),
+        ],
+        b"{}",
+    );
+    assert_eq!(gh.event_type.as_deref(), Some("issues"));
+    assert_eq!(gh.delivery_id, "72d3162e-cc78-11e3-81ab-4c9367dc0958");
+    assert_eq!(gh.delivery_id_origin, DeliveryIdOrigin::Header);
+
+    let flex = describe(&Provider::Flexport, &[], FLEX_BODY);
+    assert_eq!(flex.delivery_id, "42");
+    assert_eq!(flex.event_type.as_deref(), Some("/shipment_event#created"));
+
+    let body =
+        br#"{"type":"event_callback","event_id":"Ev08MFMKH6","event":{"type":"app_mention"}}"#;
+    let sl = describe(&slack(), &[("X-Slack-Retry-Num", "1")], body);
+    assert_eq!(sl.delivery_id, "Ev08MFMKH6");
+    assert_eq!(sl.event_type.as_deref(), Some("app_mention"));
+    assert_eq!(sl.challenge, None);
+
+    let sh = describe(&shared(), &[("X-Request-Id", "abc-1")], b"payload");
+    assert_eq!(sh.delivery_id, "abc-1");
+}
+
+#[test]
+fn missing_ids_fall_back_to_a_body_hash() {
+    let a = describe(&Provider::Github, &[], b"same body");
+    let b = describe(&Provider::Flexport, &[], b"same body");
+    assert_eq!(a.delivery_id_origin, DeliveryIdOrigin::BodyHash);
+    assert_eq!(a.delivery_id, b.delivery_id);
+    assert_eq!(a.delivery_id, body_hash_id(b"same body"));
+    assert_ne!(
+        a.delivery_id,
+        describe(&Provider::Github, &[], b"other body").delivery_id
+    );
+    // SHA-256 of "same body", computed independently.
+    assert!(a.delivery_id.starts_with("sha256-") && a.delivery_id.len() == 7 + 64);
+}
+
+#[test]
+fn slack_url_verification_yields_the_challenge() {
+    let body = br#"{"token":"Jhj5dZrVaK7ZwHHjRyZWjbDl","challenge":"3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P","type":"url_verification"}"#;
+    let d = describe(&slack(), &[], body);
+    assert_eq!(
+        d.challenge.as_deref(),
+        Some("3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P")
+    );
+}
+
+#[test]
+fn identifiers_that_no_provider_sends_are_refused() {
+    let proof = Verified {
+        key_index: 0,
+        scheme: "test",
+    };
+    let long = "x".repeat(201);
+    for bad in ["has space", "ünicode", long.as_str(), "tab\there"] {
+        let headers = [("X-GitHub-Delivery", bad)];
+        assert_eq!(
+            Provider::Github.describe(&proof, headers.as_slice(), b"{}", None),
+            Err(InvalidIdentifier("delivery_id")),
+            "{bad:?}"
+        );
+    }
+}
