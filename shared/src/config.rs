@@ -91,7 +91,6 @@ impl ServerSettings {
 pub enum QueueBackend {
     #[default]
     Embedded,
-    Pubsub,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -135,7 +134,6 @@ impl Default for EmbeddedQueueSettings {
 pub enum ArchiveBackend {
     #[default]
     Local,
-    Gcs,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -165,7 +163,6 @@ impl Default for LocalArchiveSettings {
 pub enum WarehouseBackend {
     #[default]
     Sqlite,
-    Bigquery,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

@@ -1,0 +1,142 @@
+//! The webhook request path. Nothing here waits on anything but the body and the queue:
+//! verify, describe, publish, answer.
+
+use actix_web::http::header::CONTENT_TYPE;
+use actix_web::{HttpRequest, HttpResponse, web};
+use hookline_shared::envelope::{Envelope, Metadata};
+use tracing::Instrument as _;
+
+use crate::body::read_limited;
+use crate::error::IngestError;
+use crate::headers::RequestHeaders;
+use crate::state::AppState;
+
+/// Header carrying a caller-chosen request id (Cloud Run's front end and most proxies set one).
+const REQUEST_ID: &str = "x-request-id";
+
+/// `POST /hooks/{source}`.
+///
+/// # Errors
+/// Every refusal is an [`IngestError`]; see its status mapping.
+pub async fn receive(
+    req: HttpRequest,
+    source: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, IngestError> {
+    let received_at = (state.clock)();
+    let request_id = request_id(&req);
+    let span = tracing::info_span!(
+        "webhook",
+        request_id = %request_id,
+        source = %source,
+        delivery_id = tracing::field::Empty,
+        event_type = tracing::field::Empty,
+    );
+    async move {
+        let source = state
+            .sources
+            .get(source.as_str())
+            .ok_or(IngestError::UnknownSource)?;
+        let body = read_limited(&req, payload, state.server.max_body_bytes).await?;
+        let headers = RequestHeaders(req.headers());
+        let proof = source
+            .provider
+            .verify(&source.secrets, &headers, &body, received_at)?;
+        let content_type = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let described =
+            source
+                .provider
+                .describe(&proof, &headers, &body, content_type.as_deref())?;
+        let span = tracing::Span::current();
+        span.record("delivery_id", described.delivery_id.as_str());
+        if let Some(event_type) = &described.event_type {
+            span.record("event_type", event_type.as_str());
+        }
+        tracing::debug!(
+            key_index = proof.key_index(),
+            scheme = proof.scheme(),
+            "signature verified"
+        );
+
+        if let Some(challenge) = described.challenge {
+            tracing::info!("answered URL verification challenge");
+            return Ok(HttpResponse::Ok().json(serde_json::json!({ "challenge": challenge })));
+        }
+
+        let envelope = Envelope {
+            body,
+            meta: Metadata {
+                source: source.name.clone(),
+                provider: source.provider.kind().to_owned(),
+                event_type: described.event_type,
+                delivery_id: described.delivery_id,
+                received_at,
+                content_type,
+                request_id,
+                replay_count: 0,
+                extra: Default::default(),
+            },
+        };
+        let queue_error = |source| IngestError::Queue {
+            source,
+            retry_after_secs: state.server.retry_after_secs,
+        };
+        let timeout = state.server.publish_timeout();
+        let message_id = tokio::time::timeout(timeout, state.publisher.publish(&envelope))
+            .await
+            .map_err(|_| queue_error(hookline_shared::queue::QueueError::Timeout(timeout)))?
+            .map_err(queue_error)?;
+        tracing::info!(%message_id, bytes = envelope.body.len(), "accepted");
+        Ok(HttpResponse::Ok().json(serde_json::json!({
+            "status": "accepted",
+            "delivery_id": envelope.meta.delivery_id,
+            "message_id": message_id,
+        })))
+    }
+    .instrument(span)
+    .await
+}
+
+/// The caller's request id when it is a sane token, otherwise a new one.
+fn request_id(req: &HttpRequest) -> String {
+    req.headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: the queue answers within two seconds.
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let check =
+        tokio::time::timeout(std::time::Duration::from_secs(2), state.publisher.ready()).await;
+    match check {
+        Ok(Ok(())) => HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "not ready: queue unreachable");
+            HttpResponse::ServiceUnavailable()
+                .json(serde_json::json!({ "error": "queue_unavailable" }))
+        }
+        Err(_) => {
+            HttpResponse::ServiceUnavailable().json(serde_json::json!({ "error": "queue_timeout" }))
+        }
+    }
+}
+
+pub async fn method_not_allowed() -> Result<HttpResponse, IngestError> {
+    Err(IngestError::MethodNotAllowed)
+}
+
+pub async fn not_found() -> Result<HttpResponse, IngestError> {
+    Err(IngestError::NotFound)
+}

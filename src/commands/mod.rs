@@ -1,0 +1,4 @@
+//! The subcommands' bodies.
+
+pub mod send;
+pub mod serve;

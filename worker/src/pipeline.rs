@@ -1,0 +1,156 @@
+//! One message through every sink, in order: archive, warehouse, Slack.
+//!
+//! Every effect is keyed by the delivery id (object name, unique row), so a redelivered
+//! message redoes nothing that is done. The result is a [`Disposition`]; the runner settles
+//! the message with the queue accordingly. The order matters: the archive first (the raw
+//! body is safe before anything else), Slack last (the one effect that cannot be undone).
+
+use std::sync::Arc;
+
+use hookline_shared::archive_name;
+use hookline_shared::config::{ArchiveBackend, Settings, WarehouseBackend};
+use hookline_shared::envelope::Envelope;
+use hookline_shared::queue::DeadLetter;
+use hookline_shared::sink::{Archive, SinkError, Warehouse};
+
+use secrecy::SecretString;
+
+use crate::retry::RetryPolicy;
+use crate::sinks::archive_local::LocalArchive;
+use crate::sinks::slack::Slack;
+use crate::sinks::warehouse_sqlite::SqliteWarehouse;
+
+/// What to do with a message once the pipeline has run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Every sink succeeded (or had already).
+    Ack,
+    /// A sink failed transiently after in-process retries: deliver again later.
+    Nack { sink: &'static str, reason: String },
+    /// A sink failed permanently: move to the dead-letter topic with the reason.
+    DeadLetter(DeadLetter),
+}
+
+/// The sinks and the retry policy, shared by every message.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub archive: Arc<dyn Archive>,
+    pub warehouse: Arc<dyn Warehouse>,
+    pub slack: Slack,
+    pub retry: RetryPolicy,
+}
+
+/// Why the worker's sinks could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot open the warehouse at {path}")]
+    Warehouse {
+        path: std::path::PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot build the Slack HTTP client")]
+    Slack(#[source] reqwest::Error),
+}
+
+impl Pipeline {
+    /// Builds the sinks the settings select. `slack_url` is the resolved incoming-webhook
+    /// URL (read from the variable `slack.webhook_url_env` names), `None` to log messages.
+    ///
+    /// # Errors
+    /// A sink cannot be opened.
+    pub fn from_settings(
+        settings: &Settings,
+        slack_url: Option<SecretString>,
+    ) -> Result<Self, BuildError> {
+        let archive = match settings.archive.backend {
+            ArchiveBackend::Local => LocalArchive::new(&settings.archive.local.root),
+        };
+        let warehouse = match settings.warehouse.backend {
+            WarehouseBackend::Sqlite => {
+                let path = &settings.warehouse.sqlite.path;
+                SqliteWarehouse::open(path).map_err(|source| BuildError::Warehouse {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+        };
+        Ok(Self {
+            archive: Arc::new(archive),
+            warehouse: Arc::new(warehouse),
+            slack: Slack::new(&settings.slack, slack_url).map_err(BuildError::Slack)?,
+            retry: RetryPolicy::from(&settings.worker),
+        })
+    }
+
+    /// Runs every sink for `envelope` (delivery `attempt`, 1-based).
+    pub async fn handle(&self, envelope: &Envelope, attempt: u32) -> Disposition {
+        let object = archive_name::object_name(&envelope.meta);
+        let settle = |sink: &'static str, e: SinkError| match e {
+            SinkError::Transient { message, .. } => Disposition::Nack {
+                sink,
+                reason: message,
+            },
+            SinkError::Permanent { message, .. } => Disposition::DeadLetter(DeadLetter {
+                sink: sink.into(),
+                reason: message,
+                attempts: attempt,
+            }),
+        };
+
+        match self
+            .retry
+            .run("archive", || self.archive.put(&object, envelope))
+            .await
+        {
+            Ok(outcome) => tracing::debug!(?outcome, %object, "archived"),
+            Err(e) => return settle("archive", e),
+        }
+        match self
+            .retry
+            .run("warehouse", || self.warehouse.insert(envelope, &object))
+            .await
+        {
+            Ok(outcome) => tracing::debug!(?outcome, "warehouse row"),
+            Err(e) => return settle("warehouse", e),
+        }
+        let message = match self.slack.message_for(envelope) {
+            Ok(m) => m,
+            Err(e) => return settle("slack", e),
+        };
+        if let Some(message) = message {
+            match self.retry.run("slack", || self.slack.post(&message)).await {
+                Ok(_) => tracing::debug!("slack notified"),
+                Err(e) => return settle("slack", e),
+            }
+        }
+        Disposition::Ack
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::BTreeMap;
+
+    use bytes::Bytes;
+    use hookline_shared::envelope::{Metadata, now_millis};
+
+    use super::*;
+
+    pub(crate) fn envelope(delivery_id: &str, event_type: &str) -> Envelope {
+        Envelope {
+            body: Bytes::from_static(br#"{"action":"edited"}"#),
+            meta: Metadata {
+                source: "gh".into(),
+                provider: "github".into(),
+                event_type: Some(event_type.into()),
+                delivery_id: delivery_id.into(),
+                received_at: now_millis(),
+                content_type: Some("application/json".into()),
+                request_id: "r1".into(),
+                replay_count: 0,
+                extra: BTreeMap::new(),
+            },
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! The pull loop: lease up to `concurrency` messages, run each through the pipeline in its
+//! own task, settle it with the queue, repeat until shutdown.
+//!
+//! On shutdown the loop stops pulling and gives in-flight messages until the drain deadline
+//! to finish; anything still running then is abandoned, and its lease runs out so the queue
+//! delivers it again (effects are idempotent, so nothing is lost or doubled).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hookline_shared::queue::{DeadLetter, Delivery, Subscriber};
+use tokio::task::JoinSet;
+use tracing::Instrument as _;
+
+use crate::pipeline::{Disposition, Pipeline};
+
+/// How long one pull waits for messages before looking at the shutdown signal again.
+const PULL_WAIT: Duration = Duration::from_secs(1);
+
+/// Runs until `shutdown` resolves, then drains for at most `drain`.
+pub async fn run(
+    subscriber: Arc<dyn Subscriber>,
+    pipeline: Arc<Pipeline>,
+    concurrency: usize,
+    drain: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut in_flight = JoinSet::new();
+    loop {
+        while in_flight.try_join_next().is_some() {}
+        let free = concurrency.saturating_sub(in_flight.len());
+        if free == 0 {
+            tokio::select! {
+                () = &mut shutdown => break,
+                _ = in_flight.join_next() => continue,
+            }
+        }
+        let pulled = tokio::select! {
+            () = &mut shutdown => break,
+            pulled = subscriber.pull(free, PULL_WAIT) => pulled,
+        };
+        match pulled {
+            Ok(deliveries) => {
+                for delivery in deliveries {
+                    in_flight.spawn(process(Arc::clone(&pipeline), delivery));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "pull failed; retrying in 1s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    tracing::info!(in_flight = in_flight.len(), "worker draining");
+    let drained = tokio::time::timeout(drain, async {
+        while in_flight.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            abandoned = in_flight.len(),
+            "drain deadline passed; leases will expire and redeliver"
+        );
+        in_flight.abort_all();
+    }
+}
+
+/// Runs one delivery through the pipeline and settles it.
+pub async fn process(pipeline: Arc<Pipeline>, delivery: Delivery) {
+    let span = tracing::info_span!(
+        "message",
+        message_id = %delivery.message_id,
+        attempt = delivery.attempt,
+        delivery_id = tracing::field::Empty,
+        source = tracing::field::Empty,
+    );
+    async move {
+        let envelope = match delivery.envelope() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "undecodable message; dead-lettering");
+                let reason = DeadLetter {
+                    sink: "decode".into(),
+                    reason: e.to_string(),
+                    attempts: delivery.attempt,
+                };
+                if let Err(e) = delivery.acker.dead_letter(reason).await {
+                    tracing::error!(error = %e, "could not dead-letter; it will be redelivered");
+                }
+                return;
+            }
+        };
+        let span = tracing::Span::current();
+        span.record("delivery_id", envelope.meta.delivery_id.as_str());
+        span.record("source", envelope.meta.source.as_str());
+        let disposition = pipeline.handle(&envelope, delivery.attempt).await;
+        let settled = match disposition {
+            Disposition::Ack => {
+                tracing::info!("processed");
+                delivery.acker.ack().await
+            }
+            Disposition::Nack { sink, reason } => {
+                tracing::warn!(sink, reason, "sink failed; message goes back to the queue");
+                delivery.acker.nack().await
+            }
+            Disposition::DeadLetter(reason) => {
+                tracing::error!(sink = %reason.sink, reason = %reason.reason, "permanent failure; dead-lettering");
+                delivery.acker.dead_letter(reason).await
+            }
+        };
+        if let Err(e) = settled {
+            tracing::error!(error = %e, "could not settle; the message will be redelivered");
+        }
+    }
+    .instrument(span)
+    .await;
+}

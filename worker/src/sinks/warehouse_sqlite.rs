@@ -1,0 +1,126 @@
+//! The embedded warehouse: the `events` table in a SQLite file, created from the schema file
+//! under `infra/`, plus the analytics views from `infra/sql/sqlite/`. Users query it with
+//! `sqlite3 data/warehouse.sqlite3` and SQLite's JSON functions.
+//!
+//! `(source, id)` is unique, so inserting a delivery twice is a no-op reported as
+//! [`Outcome::AlreadyDone`]. A busy or locked database, a full disk and I/O errors are
+//! transient; a row the table refuses (a constraint, a type) is permanent.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use hookline_shared::envelope::Envelope;
+use hookline_shared::schema;
+use hookline_shared::sink::{Outcome, SinkError, Warehouse};
+use rusqlite::{Connection, ErrorCode};
+
+/// The SQLite views, one file per view, applied in name order.
+pub const VIEWS: &[(&str, &str)] = &[
+    (
+        "events_common",
+        include_str!("../../../infra/sql/sqlite/events_common.sql"),
+    ),
+    (
+        "github_issue_lifecycle",
+        include_str!("../../../infra/sql/sqlite/github_issue_lifecycle.sql"),
+    ),
+];
+
+#[derive(Debug, Clone)]
+pub struct SqliteWarehouse {
+    conn: Arc<Mutex<Connection>>,
+    insert_sql: Arc<str>,
+}
+
+impl SqliteWarehouse {
+    /// Opens (creating if needed) the warehouse file with its table and views.
+    ///
+    /// # Errors
+    /// The file cannot be opened or the schema cannot be applied.
+    pub fn open(path: &Path) -> Result<Self, rusqlite::Error> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(2))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.execute_batch(&schema::sqlite_ddl())?;
+        for (name, sql) in VIEWS {
+            conn.execute_batch(&format!("DROP VIEW IF EXISTS {name};\n{sql}"))?;
+        }
+        let columns: Vec<&str> = schema::FIELDS.iter().map(|f| f.name.as_str()).collect();
+        let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
+        let insert_sql = format!(
+            "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT (source, id) DO NOTHING",
+            schema::TABLE,
+            columns.join(", "),
+            placeholders.join(", ")
+        );
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            insert_sql: insert_sql.into(),
+        })
+    }
+}
+
+fn classify(e: rusqlite::Error) -> SinkError {
+    let transient = matches!(
+        e.sqlite_error_code(),
+        Some(
+            ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::DiskFull
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::CannotOpen
+                | ErrorCode::ReadOnly
+                | ErrorCode::OutOfMemory
+        )
+    );
+    if transient {
+        SinkError::transient("warehouse temporarily unavailable", e)
+    } else {
+        SinkError::permanent("warehouse refused the row", Some(e.into()))
+    }
+}
+
+#[async_trait]
+impl Warehouse for SqliteWarehouse {
+    async fn insert(
+        &self,
+        envelope: &Envelope,
+        archive_object: &str,
+    ) -> Result<Outcome, SinkError> {
+        let row = schema::row(envelope, archive_object, Utc::now());
+        let values: Vec<rusqlite::types::Value> = schema::FIELDS
+            .iter()
+            .map(|f| match &row[&f.name] {
+                serde_json::Value::Null => rusqlite::types::Value::Null,
+                serde_json::Value::Number(n) => n.as_i64().map_or_else(
+                    || rusqlite::types::Value::Real(n.as_f64().unwrap_or(0.0)),
+                    rusqlite::types::Value::Integer,
+                ),
+                serde_json::Value::String(s) => rusqlite::types::Value::Text(s.clone()),
+                other => rusqlite::types::Value::Text(other.to_string()),
+            })
+            .collect();
+        let conn = Arc::clone(&self.conn);
+        let sql = Arc::clone(&self.insert_sql);
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = conn
+                .prepare_cached(&sql)?
+                .execute(rusqlite::params_from_iter(values))?;
+            Ok(if changed == 1 {
+                Outcome::Written
+            } else {
+                Outcome::AlreadyDone
+            })
+        })
+        .await
+        .map_err(|e| SinkError::transient("warehouse task failed", e))?
+        .map_err(classify)
+    }
+}
