@@ -74,11 +74,13 @@ as_root() {
 }
 
 # Serialise concurrent invocations (e.g. two test runners calling start).
+# fd 9 must not leak into the emulators (launch closes it), or they would
+# hold the lock for as long as they run.
 take_lock() {
   mkdir -p "$HOME_DIR"
   if command -v flock >/dev/null; then
     exec 9>"$HOME_DIR/.lock"
-    flock 9
+    flock -w 300 9 || die "another emulators.sh holds $HOME_DIR/.lock"
   fi
 }
 
@@ -237,7 +239,7 @@ stop_one() {
 launch() {
   local name=$1 pid
   shift
-  setsid "$@" </dev/null >"$LOG_DIR/$name.log" 2>&1 &
+  setsid "$@" </dev/null >"$LOG_DIR/$name.log" 2>&1 9>&- &
   pid=$!
   # setsid(1) forks only when already a group leader, which a background job
   # of a non-interactive script is not, so $! is the new group's leader.

@@ -137,6 +137,101 @@ pub(crate) mod tests {
 
     use super::*;
 
+    use async_trait::async_trait;
+    use hookline_shared::config::SlackSettings;
+    use hookline_shared::sink::Outcome;
+
+    use crate::sinks::archive_local::LocalArchive;
+    use crate::sinks::warehouse_sqlite::SqliteWarehouse;
+
+    /// A warehouse that fails the way it is told to, counting calls.
+    #[derive(Debug, Default)]
+    struct FlakyWarehouse {
+        transient: bool,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Warehouse for FlakyWarehouse {
+        async fn insert(&self, _: &Envelope, _: &str) -> Result<Outcome, SinkError> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if self.transient {
+                Err(SinkError::transient(
+                    "locked",
+                    std::io::Error::other("database is locked"),
+                ))
+            } else {
+                Err(SinkError::permanent("row rejected", None))
+            }
+        }
+    }
+
+    fn pipeline(dir: &std::path::Path, warehouse: Arc<dyn Warehouse>) -> Pipeline {
+        Pipeline {
+            archive: Arc::new(LocalArchive::new(dir.join("archive"))),
+            warehouse,
+            slack: Slack::new(&SlackSettings::default(), None).unwrap(),
+            retry: RetryPolicy {
+                retries: 2,
+                min: std::time::Duration::from_millis(1),
+                max: std::time::Duration::from_millis(2),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn transient_sink_failure_nacks_after_in_process_retries() {
+        let dir = tempfile::tempdir().unwrap();
+        let warehouse = Arc::new(FlakyWarehouse {
+            transient: true,
+            ..Default::default()
+        });
+        let p = pipeline(dir.path(), warehouse.clone());
+        let got = p.handle(&envelope("d1", "push"), 1).await;
+        assert!(
+            matches!(
+                got,
+                Disposition::Nack {
+                    sink: "warehouse",
+                    ..
+                }
+            ),
+            "{got:?}"
+        );
+        assert_eq!(warehouse.calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn permanent_sink_failure_dead_letters_with_sink_reason_and_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pipeline(dir.path(), Arc::new(FlakyWarehouse::default()));
+        let got = p.handle(&envelope("d1", "push"), 3).await;
+        assert_eq!(
+            got,
+            Disposition::DeadLetter(DeadLetter {
+                sink: "warehouse".into(),
+                reason: "row rejected".into(),
+                attempts: 3
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn poison_payload_for_slack_dead_letters_after_archive_and_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let warehouse = SqliteWarehouse::open(&dir.path().join("w.sqlite3")).unwrap();
+        let p = pipeline(dir.path(), Arc::new(warehouse));
+        let mut e = envelope("poison", "issues");
+        e.body = Bytes::from_static(br#"{"action":"opened","issue":{"title":"no url"}}"#);
+        match p.handle(&e, 1).await {
+            Disposition::DeadLetter(d) => assert_eq!(d.sink, "slack"),
+            other => panic!("expected dead letter, got {other:?}"),
+        }
+        // The raw body is archived before anything can fail on it.
+        let object = archive_name::object_name(&e.meta);
+        assert_eq!(&p.archive.get(&object).await.unwrap()[..], &e.body[..]);
+    }
+
     pub(crate) fn envelope(delivery_id: &str, event_type: &str) -> Envelope {
         Envelope {
             body: Bytes::from_static(br#"{"action":"edited"}"#),

@@ -63,7 +63,7 @@ fn github_item(kind: &str, j: &Value) -> Result<SlackMessage, SinkError> {
     let headline = if action == "opened" {
         format!("New {noun}")
     } else {
-        format!("{} {noun} {action}", capitalise(noun))
+        format!("{} {action}", capitalise(noun))
     };
     Ok(SlackMessage {
         text: format!("{headline} in {repo}: #{number} {title} by {author} {url}"),

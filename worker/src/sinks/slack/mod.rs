@@ -115,3 +115,151 @@ impl Slack {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    use super::*;
+    use crate::pipeline::tests::envelope;
+
+    fn slack(url: Option<String>, notify: Vec<NotifyRule>) -> Slack {
+        let settings = SlackSettings {
+            notify,
+            ..SlackSettings::default()
+        };
+        Slack::new(&settings, url.map(SecretString::from)).unwrap()
+    }
+
+    fn issue(action: &str) -> Envelope {
+        let mut e = envelope("d1", "issues");
+        e.body = Bytes::from(format!(
+            r#"{{"action":"{action}","issue":{{"number":7,"title":"A <b> & c","html_url":"https://gh/i/7","user":{{"login":"bob","html_url":"https://gh/bob"}}}},"repository":{{"full_name":"o/r","html_url":"https://gh/o/r"}}}}"#
+        ));
+        e
+    }
+
+    #[test]
+    fn default_rule_selects_opened_issues_only() {
+        let s = slack(None, SlackSettings::default().notify);
+        let msg = s.message_for(&issue("opened")).unwrap().unwrap();
+        assert_eq!(
+            msg.text,
+            "New issue in o/r: #7 A <b> & c by bob https://gh/i/7"
+        );
+        assert_eq!(
+            msg.blocks[0]["text"]["text"],
+            "*New issue in <https://gh/o/r|o/r>*\n<https://gh/i/7|#7 A &lt;b&gt; &amp; c>"
+        );
+        assert_eq!(s.message_for(&issue("closed")).unwrap(), None);
+        assert_eq!(s.message_for(&envelope("d2", "push")).unwrap(), None);
+    }
+
+    #[test]
+    fn rules_filter_by_provider_source_and_action() {
+        let rule = |provider: Option<&str>, source: Option<&str>, actions: &[&str]| NotifyRule {
+            provider: provider.map(Into::into),
+            source: source.map(Into::into),
+            event: "issues".into(),
+            actions: actions.iter().map(|a| a.to_string()).collect(),
+        };
+        let closed = issue("closed");
+        assert!(
+            slack(None, vec![rule(None, None, &[])])
+                .message_for(&closed)
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            slack(None, vec![rule(Some("github"), Some("gh"), &["closed"])])
+                .message_for(&closed)
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            slack(None, vec![rule(Some("slack"), None, &[])])
+                .message_for(&closed)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            slack(None, vec![rule(None, Some("other"), &[])])
+                .message_for(&closed)
+                .unwrap()
+                .is_none()
+        );
+        let msg = slack(None, vec![rule(None, None, &[])])
+            .message_for(&closed)
+            .unwrap()
+            .unwrap();
+        assert!(msg.text.starts_with("Issue closed in o/r"), "{}", msg.text);
+    }
+
+    #[test]
+    fn a_matching_event_without_the_fields_is_a_permanent_failure() {
+        let mut e = issue("opened");
+        e.body = Bytes::from_static(br#"{"action":"opened","issue":{}}"#);
+        let err = slack(None, SlackSettings::default().notify)
+            .message_for(&e)
+            .unwrap_err();
+        assert!(!err.is_transient());
+    }
+
+    async fn post_with(status: u16, retry_after: Option<&str>) -> Result<Outcome, SinkError> {
+        let server = MockServer::start().await;
+        let mut response = ResponseTemplate::new(status).set_body_string("rate_limited");
+        if let Some(after) = retry_after {
+            response = response.insert_header("Retry-After", after);
+        }
+        Mock::given(method("POST"))
+            .respond_with(response)
+            .expect(1)
+            .mount(&server)
+            .await;
+        let s = slack(
+            Some(format!("{}/hook", server.uri())),
+            SlackSettings::default().notify,
+        );
+        let msg = s.message_for(&issue("opened")).unwrap().unwrap();
+        s.post(&msg).await
+    }
+
+    #[tokio::test]
+    async fn http_answers_are_classified() {
+        assert_eq!(post_with(200, None).await.unwrap(), Outcome::Written);
+        match post_with(429, Some("3")).await.unwrap_err() {
+            SinkError::Transient { retry_after, .. } => {
+                assert_eq!(retry_after, Some(Duration::from_secs(3)))
+            }
+            other => panic!("429 must be transient: {other}"),
+        }
+        match post_with(429, Some("3600")).await.unwrap_err() {
+            SinkError::Transient { retry_after, .. } => {
+                assert_eq!(retry_after, Some(MAX_RETRY_AFTER))
+            }
+            other => panic!("429 must be transient: {other}"),
+        }
+        assert!(post_with(503, None).await.unwrap_err().is_transient());
+        assert!(!post_with(404, None).await.unwrap_err().is_transient());
+        assert!(!post_with(400, None).await.unwrap_err().is_transient());
+    }
+
+    #[tokio::test]
+    async fn unreachable_slack_is_transient() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let s = slack(
+            Some(format!("http://127.0.0.1:{port}/hook")),
+            SlackSettings::default().notify,
+        );
+        let msg = s.message_for(&issue("opened")).unwrap().unwrap();
+        assert!(s.post(&msg).await.unwrap_err().is_transient());
+    }
+}
