@@ -4,6 +4,7 @@
 //! - `dev`: ingest and worker in one process on the embedded engines.
 //! - `ingest` / `worker`: the two services, as deployed (they share the queue).
 //! - `send`: sign a payload file as a configured source's provider would, and post it.
+//! - `provision`: create the queue, archive and warehouse resources, idempotently.
 #![forbid(unsafe_code)]
 
 mod commands;
@@ -43,10 +44,15 @@ enum Command {
     Worker,
     /// Sign a payload file for a configured source and POST it to a running ingest.
     Send(commands::send::SendArgs),
+    /// Create the queue, archive and warehouse resources the configuration names (idempotent).
+    Provision,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Both rustls crypto providers are linked (the Google crates bring aws-lc-rs, others
+    // ring); name the process default so no TLS client has to guess.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     let settings = Settings::load(cli.config.as_deref())?;
@@ -55,5 +61,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Ingest => commands::serve::ingest(settings, shutdown::signal()).await,
         Command::Worker => commands::serve::worker(settings, shutdown::signal()).await,
         Command::Send(args) => commands::send::run(&settings, args).await,
+        Command::Provision => commands::provision::run(&settings).await,
     }
 }

@@ -19,6 +19,13 @@ use crate::verify::Provider;
 pub const CONFIG_ENV: &str = "HOOKLINE_CONFIG";
 /// Prefix of environment overrides: `HOOKLINE__QUEUE__BACKEND=pubsub`.
 pub const ENV_PREFIX: &str = "HOOKLINE__";
+/// The variables Google's client libraries read, honoured the same way here.
+const GOOGLE_CONVENTIONS: &[&str] = &[
+    "GOOGLE_CLOUD_PROJECT",
+    "PUBSUB_EMULATOR_HOST",
+    "STORAGE_EMULATOR_HOST",
+    "BIGQUERY_EMULATOR_HOST",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -43,6 +50,7 @@ pub enum ConfigError {
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub server: ServerSettings,
+    pub gcp: GcpSettings,
     pub queue: QueueSettings,
     pub archive: ArchiveSettings,
     pub warehouse: WarehouseSettings,
@@ -91,6 +99,7 @@ impl ServerSettings {
 pub enum QueueBackend {
     #[default]
     Embedded,
+    Pubsub,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -98,6 +107,55 @@ pub enum QueueBackend {
 pub struct QueueSettings {
     pub backend: QueueBackend,
     pub embedded: EmbeddedQueueSettings,
+    pub pubsub: PubsubSettings,
+}
+
+/// Google Cloud settings shared by the Pub/Sub, Cloud Storage and BigQuery engines.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct GcpSettings {
+    /// The project id; `GOOGLE_CLOUD_PROJECT` is used when this is empty.
+    pub project: String,
+}
+
+/// Pub/Sub topics and subscriptions. `provision` creates them with these settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PubsubSettings {
+    pub topic: String,
+    /// The worker's subscription on `topic`, with the dead-letter and retry policies below.
+    pub subscription: String,
+    pub dead_letter_topic: String,
+    /// Operators' subscription on the dead-letter topic (what `replay` reads).
+    pub dead_letter_subscription: String,
+    pub ack_deadline_secs: u32,
+    /// Deliveries before Pub/Sub forwards a message to the dead-letter topic (5 to 100).
+    pub max_delivery_attempts: u32,
+    /// The subscription's retry policy after a nack (0 to 600 s).
+    pub min_backoff_secs: u32,
+    pub max_backoff_secs: u32,
+    /// Bodies larger than this are stored in the archive first and published as a pointer
+    /// (a claim check): a Pub/Sub message holds 10 MB, attributes included.
+    pub claim_check_bytes: usize,
+    /// `http://host:port` of an emulator; set from `PUBSUB_EMULATOR_HOST` when empty.
+    pub endpoint: Option<String>,
+}
+
+impl Default for PubsubSettings {
+    fn default() -> Self {
+        Self {
+            topic: "hookline-events".into(),
+            subscription: "hookline-worker".into(),
+            dead_letter_topic: "hookline-events-dead-letter".into(),
+            dead_letter_subscription: "hookline-dead-letter-operators".into(),
+            ack_deadline_secs: 60,
+            max_delivery_attempts: 5,
+            min_backoff_secs: 10,
+            max_backoff_secs: 600,
+            claim_check_bytes: 9_500_000,
+            endpoint: None,
+        }
+    }
 }
 
 /// The on-disk queue. Its semantics copy a Pub/Sub subscription with a dead-letter policy.
@@ -134,6 +192,7 @@ impl Default for EmbeddedQueueSettings {
 pub enum ArchiveBackend {
     #[default]
     Local,
+    Gcs,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -141,6 +200,18 @@ pub enum ArchiveBackend {
 pub struct ArchiveSettings {
     pub backend: ArchiveBackend,
     pub local: LocalArchiveSettings,
+    pub gcs: GcsSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct GcsSettings {
+    /// The archive bucket (required with `archive.backend = "gcs"`).
+    pub bucket: String,
+    /// Bucket location used by `provision`.
+    pub location: Option<String>,
+    /// `http://host:port` of an emulator; set from `STORAGE_EMULATOR_HOST` when empty.
+    pub endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -163,6 +234,7 @@ impl Default for LocalArchiveSettings {
 pub enum WarehouseBackend {
     #[default]
     Sqlite,
+    Bigquery,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -170,6 +242,29 @@ pub enum WarehouseBackend {
 pub struct WarehouseSettings {
     pub backend: WarehouseBackend,
     pub sqlite: SqliteWarehouseSettings,
+    pub bigquery: BigQuerySettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BigQuerySettings {
+    pub dataset: String,
+    pub table: String,
+    /// Dataset location used by `provision`.
+    pub location: String,
+    /// `http://host:port` of an emulator; set from `BIGQUERY_EMULATOR_HOST` when empty.
+    pub endpoint: Option<String>,
+}
+
+impl Default for BigQuerySettings {
+    fn default() -> Self {
+        Self {
+            dataset: "hookline".into(),
+            table: "events".into(),
+            location: "US".into(),
+            endpoint: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -326,14 +421,18 @@ impl Settings {
     ) -> Result<Self, ConfigError> {
         let mut tree: toml::Table = toml::from_str(toml_text).map_err(ConfigError::Parse)?;
         let mut port = None;
+        let mut conventions = BTreeMap::new();
         for (key, value) in env {
             if key == "PORT" {
                 port = Some(value);
             } else if let Some(path) = key.strip_prefix(ENV_PREFIX) {
                 apply_override(&mut tree, &key, path, &value)?;
+            } else if GOOGLE_CONVENTIONS.contains(&key.as_str()) && !value.is_empty() {
+                conventions.insert(key, value);
             }
         }
         let mut settings: Settings = tree.try_into().map_err(ConfigError::Parse)?;
+        settings.apply_google_conventions(&conventions);
         if let Some(port) = port {
             settings.server.port = port.parse().map_err(|_| ConfigError::Override {
                 var: "PORT".into(),
@@ -344,8 +443,89 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Fills what Google's client libraries read from the environment, where the file left
+    /// it empty: the project and the emulator hosts (`host:port` becomes `http://host:port`,
+    /// the scheme the clients need).
+    fn apply_google_conventions(&mut self, env: &BTreeMap<String, String>) {
+        let endpoint = |var: &str| {
+            env.get(var).map(|v| {
+                if v.starts_with("http://") || v.starts_with("https://") {
+                    v.trim_end_matches('/').to_owned()
+                } else {
+                    format!("http://{}", v.trim_end_matches('/'))
+                }
+            })
+        };
+        if self.gcp.project.is_empty()
+            && let Some(p) = env.get("GOOGLE_CLOUD_PROJECT")
+        {
+            self.gcp.project = p.clone();
+        }
+        let q = &mut self.queue.pubsub;
+        q.endpoint = q
+            .endpoint
+            .take()
+            .or_else(|| endpoint("PUBSUB_EMULATOR_HOST"));
+        let a = &mut self.archive.gcs;
+        a.endpoint = a
+            .endpoint
+            .take()
+            .or_else(|| endpoint("STORAGE_EMULATOR_HOST"));
+        let w = &mut self.warehouse.bigquery;
+        w.endpoint = w
+            .endpoint
+            .take()
+            .or_else(|| endpoint("BIGQUERY_EMULATOR_HOST"));
+    }
+
+    /// Whether any engine is a Google Cloud one (and so needs `gcp.project`).
+    pub fn uses_gcp(&self) -> bool {
+        self.queue.backend == QueueBackend::Pubsub
+            || self.archive.backend == ArchiveBackend::Gcs
+            || self.warehouse.backend == WarehouseBackend::Bigquery
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |msg: &str| Err(ConfigError::Invalid(msg.into()));
+        if self.uses_gcp() && self.gcp.project.is_empty() {
+            return invalid(
+                "a Google Cloud engine is selected: set gcp.project (or GOOGLE_CLOUD_PROJECT)",
+            );
+        }
+        if self.queue.backend == QueueBackend::Pubsub {
+            let p = &self.queue.pubsub;
+            if !(5..=100).contains(&p.max_delivery_attempts) {
+                return invalid("queue.pubsub.max_delivery_attempts must be 5 to 100");
+            }
+            if !(10..=600).contains(&p.ack_deadline_secs)
+                || p.min_backoff_secs > p.max_backoff_secs
+                || p.max_backoff_secs > 600
+            {
+                return invalid(
+                    "queue.pubsub: ack_deadline_secs 10..=600, min_backoff_secs <= max_backoff_secs <= 600",
+                );
+            }
+            for name in [
+                &p.topic,
+                &p.subscription,
+                &p.dead_letter_topic,
+                &p.dead_letter_subscription,
+            ] {
+                if name.len() < 3 {
+                    return invalid(
+                        "queue.pubsub: topic and subscription names need 3 or more characters",
+                    );
+                }
+            }
+            if self.archive.backend != ArchiveBackend::Gcs {
+                return invalid(
+                    "queue.backend = \"pubsub\" needs archive.backend = \"gcs\": bodies too large for a Pub/Sub message are stored there as claim checks",
+                );
+            }
+        }
+        if self.archive.backend == ArchiveBackend::Gcs && self.archive.gcs.bucket.is_empty() {
+            return invalid("archive.backend = \"gcs\" needs archive.gcs.bucket");
+        }
         let q = &self.queue.embedded;
         if !(5..=100).contains(&q.max_delivery_attempts) {
             return invalid(
@@ -558,6 +738,41 @@ mod tests {
         let no_header = "[sources.s]\nprovider = \"shared_secret\"\nsecrets = [\"x\"]";
         let s = Settings::from_parts(no_header, []).unwrap();
         assert!(s.resolve_sources(|_| None).is_err());
+    }
+
+    #[test]
+    fn google_conventions_fill_project_and_emulator_endpoints() {
+        let file = "[queue]\nbackend = \"pubsub\"\n[archive]\nbackend = \"gcs\"\n[archive.gcs]\nbucket = \"b-archive\"\n[warehouse]\nbackend = \"bigquery\"";
+        let s = Settings::from_parts(
+            file,
+            env(&[
+                ("GOOGLE_CLOUD_PROJECT", "proj-1"),
+                ("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085"),
+                ("STORAGE_EMULATOR_HOST", "http://127.0.0.1:4443/"),
+                ("BIGQUERY_EMULATOR_HOST", "localhost:9050"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.gcp.project, "proj-1");
+        assert_eq!(
+            s.queue.pubsub.endpoint.as_deref(),
+            Some("http://127.0.0.1:8085")
+        );
+        assert_eq!(
+            s.archive.gcs.endpoint.as_deref(),
+            Some("http://127.0.0.1:4443")
+        );
+        assert_eq!(
+            s.warehouse.bigquery.endpoint.as_deref(),
+            Some("http://localhost:9050")
+        );
+        assert!(
+            matches!(Settings::from_parts(file, []), Err(ConfigError::Invalid(m)) if m.contains("gcp.project"))
+        );
+        let local_archive = "[gcp]\nproject = \"p-1\"\n[queue]\nbackend = \"pubsub\"";
+        assert!(
+            matches!(Settings::from_parts(local_archive, []), Err(ConfigError::Invalid(m)) if m.contains("claim checks"))
+        );
     }
 
     #[test]

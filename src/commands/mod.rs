@@ -1,4 +1,5 @@
 //! The subcommands' bodies.
 
+pub mod provision;
 pub mod send;
 pub mod serve;

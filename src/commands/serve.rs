@@ -1,4 +1,4 @@
-//! Starting the services from settings.
+//! Starting the services from settings: each picks its engines from configuration.
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -9,25 +9,68 @@ use anyhow::Context as _;
 use hookline_ingest::AppState;
 use hookline_shared::config::{QueueBackend, Settings};
 use hookline_shared::queue::embedded::EmbeddedQueue;
+use hookline_shared::queue::pubsub::{Connection, PubSubPublisher, PubSubSubscription};
+use hookline_shared::queue::{Publisher, Subscriber};
 use hookline_worker::Pipeline;
+use hookline_worker::pipeline::archive_from_settings;
 use secrecy::SecretString;
 
 /// What the worker may spend finishing in-flight messages after SIGTERM (Cloud Run: 10 s).
 const WORKER_DRAIN: Duration = Duration::from_secs(8);
 
-fn open_queue(settings: &Settings) -> anyhow::Result<EmbeddedQueue> {
-    match settings.queue.backend {
-        QueueBackend::Embedded => {
-            let q = &settings.queue.embedded;
-            EmbeddedQueue::open(q, Duration::from_millis(settings.worker.poll_interval_ms))
-                .with_context(|| format!("opening the embedded queue at {}", q.path.display()))
-        }
-    }
+fn open_embedded(settings: &Settings) -> anyhow::Result<EmbeddedQueue> {
+    let q = &settings.queue.embedded;
+    EmbeddedQueue::open(q, Duration::from_millis(settings.worker.poll_interval_ms))
+        .with_context(|| format!("opening the embedded queue at {}", q.path.display()))
 }
 
-async fn run_ingest(
-    settings: &Settings,
-    queue: EmbeddedQueue,
+/// The queue ingest publishes to.
+pub async fn open_publisher(settings: &Settings) -> anyhow::Result<Arc<dyn Publisher>> {
+    Ok(match settings.queue.backend {
+        QueueBackend::Embedded => Arc::new(open_embedded(settings)?),
+        QueueBackend::Pubsub => {
+            let archive = archive_from_settings(settings)
+                .await
+                .context("setting up the archive for claim checks")?;
+            let connection = Connection::from_settings(settings)?;
+            Arc::new(
+                PubSubPublisher::connect(
+                    connection,
+                    &settings.queue.pubsub,
+                    settings.server.publish_timeout(),
+                    archive,
+                )
+                .await
+                .context("connecting to Pub/Sub")?,
+            )
+        }
+    })
+}
+
+/// The subscription the worker pulls from.
+pub async fn open_subscriber(settings: &Settings) -> anyhow::Result<Arc<dyn Subscriber>> {
+    Ok(match settings.queue.backend {
+        QueueBackend::Embedded => Arc::new(open_embedded(settings)?.subscriber()),
+        QueueBackend::Pubsub => {
+            let p = &settings.queue.pubsub;
+            let connection = Connection::from_settings(settings)?;
+            Arc::new(
+                PubSubSubscription::open(
+                    &connection,
+                    &p.subscription,
+                    settings.worker.concurrency,
+                    Duration::from_secs(u64::from(p.ack_deadline_secs)),
+                    Some(&p.dead_letter_topic),
+                )
+                .await
+                .context("opening the Pub/Sub subscription")?,
+            )
+        }
+    })
+}
+
+pub async fn ingest(
+    settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -38,13 +81,15 @@ async fn run_ingest(
         !sources.is_empty(),
         "no sources configured: add a [sources.NAME] table (see hookline.toml and the README)"
     );
+    let publisher = open_publisher(&settings).await?;
     let addr = (settings.server.host.as_str(), settings.server.port);
     let listener =
         TcpListener::bind(addr).with_context(|| format!("binding {}:{}", addr.0, addr.1))?;
-    let state = AppState::new(sources, Arc::new(queue), settings.server.clone());
+    let state = AppState::new(sources, publisher, settings.server.clone());
     tracing::info!(
         addr = %listener.local_addr()?,
         sources = ?state.sources.keys().collect::<Vec<_>>(),
+        queue = ?settings.queue.backend,
         ready_ms = started.elapsed().as_millis() as u64,
         "ingest listening"
     );
@@ -54,11 +99,7 @@ async fn run_ingest(
         .context("ingest server failed")
 }
 
-async fn run_worker(
-    settings: &Settings,
-    queue: EmbeddedQueue,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+pub async fn worker(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let slack_url = std::env::var(&settings.slack.webhook_url_env)
         .ok()
         .filter(|v| !v.is_empty())
@@ -66,14 +107,18 @@ async fn run_worker(
     if slack_url.is_none() {
         tracing::info!(var = %settings.slack.webhook_url_env, "no Slack webhook URL set; Slack messages will be logged");
     }
-    let pipeline = Pipeline::from_settings(settings, slack_url).context("building the sinks")?;
+    let pipeline = Pipeline::from_settings(&settings, slack_url)
+        .await
+        .context("building the sinks")?;
+    let subscriber = open_subscriber(&settings).await?;
     tracing::info!(
-        archive = %settings.archive.local.root.display(),
-        warehouse = %settings.warehouse.sqlite.path.display(),
+        queue = ?settings.queue.backend,
+        archive = ?settings.archive.backend,
+        warehouse = ?settings.warehouse.backend,
         "worker running"
     );
     hookline_worker::runner::run(
-        Arc::new(queue.subscriber()),
+        subscriber,
         Arc::new(pipeline),
         settings.worker.concurrency,
         WORKER_DRAIN,
@@ -83,22 +128,8 @@ async fn run_worker(
     Ok(())
 }
 
-pub async fn ingest(
-    settings: Settings,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let queue = open_queue(&settings)?;
-    run_ingest(&settings, queue, shutdown).await
-}
-
-pub async fn worker(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let queue = open_queue(&settings)?;
-    run_worker(&settings, queue, shutdown).await
-}
-
-/// Both services in one process, sharing one queue handle; one signal stops both.
+/// Both services in one process; one signal stops both.
 pub async fn dev(settings: Settings) -> anyhow::Result<()> {
-    let queue = open_queue(&settings)?;
     let (tx, rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -108,8 +139,8 @@ pub async fn dev(settings: Settings) -> anyhow::Result<()> {
         let _ = tx.send(true);
     });
     let (ingest, worker) = tokio::join!(
-        run_ingest(&settings, queue.clone(), stopped(rx.clone())),
-        run_worker(&settings, queue, stopped(rx)),
+        ingest(settings.clone(), stopped(rx.clone())),
+        worker(settings.clone(), stopped(rx)),
     );
     ingest.and(worker)
 }

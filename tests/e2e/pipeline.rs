@@ -31,7 +31,8 @@ async fn signed_issue_reaches_archive_warehouse_and_slack_once() {
         &env,
         &queue,
         Some(format!("{}/services/T000/B000/XXXX", slack.uri())),
-    );
+    )
+    .await;
 
     let body = ISSUES_OPENED.as_bytes();
     let delivery = "1b0e4c10-4a9e-11ef-8d5c-0d1b5d2f6a77";
@@ -120,7 +121,7 @@ async fn bad_signature_is_refused_and_reaches_nothing() {
         .await;
     let queue = env.queue();
     let ingest = spawn_ingest(&env, Arc::new(queue.clone())).await;
-    let worker = spawn_worker(&env, &queue, Some(format!("{}/hook", slack.uri())));
+    let worker = spawn_worker(&env, &queue, Some(format!("{}/hook", slack.uri()))).await;
 
     let body = ISSUES_OPENED.as_bytes();
     let url = format!("{}/hooks/gh", ingest.url);
@@ -161,7 +162,7 @@ async fn messages_enqueued_while_the_worker_is_down_are_processed_when_it_return
     let ingest = spawn_ingest(&env, Arc::new(queue.clone())).await;
     let url = format!("{}/hooks/gh", ingest.url);
 
-    let worker = spawn_worker(&env, &queue, None);
+    let worker = spawn_worker(&env, &queue, None).await;
     let body = ISSUES_OPENED.as_bytes();
     let (status, _, _) = post(
         &url,
@@ -188,7 +189,7 @@ async fn messages_enqueued_while_the_worker_is_down_are_processed_when_it_return
 
     // A new worker on a freshly opened queue handle, as after a process restart.
     let reopened = env.queue();
-    let worker = spawn_worker(&env, &reopened, None);
+    let worker = spawn_worker(&env, &reopened, None).await;
     assert!(
         wait_for(WAIT, async || env.row_count() == 6).await,
         "rows: {}",
@@ -212,7 +213,9 @@ async fn a_redelivered_message_produces_no_second_row_or_object() {
 
     // Process it by hand, then deliver the same message again as the queue would after a
     // lost ack: nack after success, so the worker sees it a second time.
-    let pipeline = hookline_worker::Pipeline::from_settings(&env.settings, None).unwrap();
+    let pipeline = hookline_worker::Pipeline::from_settings(&env.settings, None)
+        .await
+        .unwrap();
     let first = queue
         .subscriber()
         .pull(1, WAIT)

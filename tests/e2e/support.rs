@@ -193,9 +193,14 @@ impl Worker {
     }
 }
 
-pub fn spawn_worker(env: &TestEnv, queue: &EmbeddedQueue, slack_url: Option<String>) -> Worker {
-    let pipeline =
-        Pipeline::from_settings(&env.settings, slack_url.map(SecretString::from)).unwrap();
+pub async fn spawn_worker(
+    env: &TestEnv,
+    queue: &EmbeddedQueue,
+    slack_url: Option<String>,
+) -> Worker {
+    let pipeline = Pipeline::from_settings(&env.settings, slack_url.map(SecretString::from))
+        .await
+        .unwrap();
     let (tx, rx) = oneshot::channel();
     let task = tokio::spawn(hookline_worker::runner::run(
         Arc::new(queue.subscriber()),

@@ -9,15 +9,17 @@ use std::sync::Arc;
 
 use hookline_shared::archive_name;
 use hookline_shared::config::{ArchiveBackend, Settings, WarehouseBackend};
-use hookline_shared::envelope::Envelope;
+use hookline_shared::envelope::{Envelope, attr};
 use hookline_shared::queue::DeadLetter;
 use hookline_shared::sink::{Archive, SinkError, Warehouse};
 
 use secrecy::SecretString;
 
 use crate::retry::RetryPolicy;
+use crate::sinks::archive_gcs::{GcsArchive, GcsSetupError};
 use crate::sinks::archive_local::LocalArchive;
 use crate::sinks::slack::Slack;
+use crate::sinks::warehouse_bigquery::BigQueryWarehouse;
 use crate::sinks::warehouse_sqlite::SqliteWarehouse;
 
 /// What to do with a message once the pipeline has run.
@@ -49,8 +51,46 @@ pub enum BuildError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("cannot set up the Cloud Storage archive")]
+    Gcs(#[from] GcsSetupError),
+    #[error("cannot set up the BigQuery warehouse")]
+    BigQuery(#[from] gcp_bigquery_client::error::BQError),
     #[error("cannot build the Slack HTTP client")]
     Slack(#[source] reqwest::Error),
+}
+
+/// The archive the settings select; ingest uses it too, for claim checks.
+///
+/// # Errors
+/// The archive cannot be set up.
+pub async fn archive_from_settings(settings: &Settings) -> Result<Arc<dyn Archive>, BuildError> {
+    Ok(match settings.archive.backend {
+        ArchiveBackend::Local => Arc::new(LocalArchive::new(&settings.archive.local.root)),
+        ArchiveBackend::Gcs => Arc::new(GcsArchive::connect(&settings.archive.gcs).await?),
+    })
+}
+
+/// The warehouse the settings select.
+///
+/// # Errors
+/// The warehouse cannot be set up.
+pub async fn warehouse_from_settings(
+    settings: &Settings,
+) -> Result<Arc<dyn Warehouse>, BuildError> {
+    Ok(match settings.warehouse.backend {
+        WarehouseBackend::Sqlite => {
+            let path = &settings.warehouse.sqlite.path;
+            Arc::new(
+                SqliteWarehouse::open(path).map_err(|source| BuildError::Warehouse {
+                    path: path.clone(),
+                    source,
+                })?,
+            )
+        }
+        WarehouseBackend::Bigquery => Arc::new(
+            BigQueryWarehouse::connect(&settings.gcp.project, &settings.warehouse.bigquery).await?,
+        ),
+    })
 }
 
 impl Pipeline {
@@ -58,34 +98,36 @@ impl Pipeline {
     /// URL (read from the variable `slack.webhook_url_env` names), `None` to log messages.
     ///
     /// # Errors
-    /// A sink cannot be opened.
-    pub fn from_settings(
+    /// A sink cannot be set up.
+    pub async fn from_settings(
         settings: &Settings,
         slack_url: Option<SecretString>,
     ) -> Result<Self, BuildError> {
-        let archive = match settings.archive.backend {
-            ArchiveBackend::Local => LocalArchive::new(&settings.archive.local.root),
-        };
-        let warehouse = match settings.warehouse.backend {
-            WarehouseBackend::Sqlite => {
-                let path = &settings.warehouse.sqlite.path;
-                SqliteWarehouse::open(path).map_err(|source| BuildError::Warehouse {
-                    path: path.clone(),
-                    source,
-                })?
-            }
-        };
         Ok(Self {
-            archive: Arc::new(archive),
-            warehouse: Arc::new(warehouse),
+            archive: archive_from_settings(settings).await?,
+            warehouse: warehouse_from_settings(settings).await?,
             slack: Slack::new(&settings.slack, slack_url).map_err(BuildError::Slack)?,
             retry: RetryPolicy::from(&settings.worker),
         })
     }
 
+    /// The envelope with its body, reading a claim-checked body back from the archive.
+    async fn resolve(&self, envelope: &Envelope) -> Result<Option<Envelope>, SinkError> {
+        let Some(object) = envelope.meta.extra.get(attr::CLAIM_CHECK) else {
+            return Ok(None);
+        };
+        let body = self
+            .retry
+            .run("claim_check", || self.archive.get(object))
+            .await?;
+        let mut resolved = envelope.clone();
+        resolved.body = body;
+        resolved.meta.extra.remove(attr::CLAIM_CHECK);
+        Ok(Some(resolved))
+    }
+
     /// Runs every sink for `envelope` (delivery `attempt`, 1-based).
     pub async fn handle(&self, envelope: &Envelope, attempt: u32) -> Disposition {
-        let object = archive_name::object_name(&envelope.meta);
         let settle = |sink: &'static str, e: SinkError| match e {
             SinkError::Transient { message, .. } => Disposition::Nack {
                 sink,
@@ -97,6 +139,12 @@ impl Pipeline {
                 attempts: attempt,
             }),
         };
+        let resolved = match self.resolve(envelope).await {
+            Ok(r) => r,
+            Err(e) => return settle("claim_check", e),
+        };
+        let envelope = resolved.as_ref().unwrap_or(envelope);
+        let object = archive_name::object_name(&envelope.meta);
 
         match self
             .retry

@@ -65,6 +65,7 @@ pub async fn run(
         );
         in_flight.abort_all();
     }
+    subscriber.close().await;
 }
 
 /// Runs one delivery through the pipeline and settles it.

@@ -6,6 +6,7 @@
 //! that on one machine, so the worker's logic is the same on both.
 
 pub mod embedded;
+pub mod pubsub;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -63,6 +64,10 @@ pub trait Subscriber: Send + Sync + fmt::Debug {
     /// # Errors
     /// The queue cannot be reached.
     async fn pull(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError>;
+
+    /// Flushes pending acknowledgements before the process exits. Engines that settle
+    /// synchronously (the embedded queue) have nothing to flush.
+    async fn close(&self) {}
 }
 
 /// Settles one leased message. Exactly one of `ack`, `nack`, `dead_letter` consumes it; a

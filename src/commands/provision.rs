@@ -1,0 +1,91 @@
+//! `hookline provision`: create every resource the configured engines need, idempotently
+//! ("already exists" is fine). Embedded engines: the queue file, the warehouse file with
+//! its table and views, the archive folder. Google Cloud: the topic, the dead-letter
+//! topic, the worker subscription (dead-letter and retry policies), the operators'
+//! subscription on the dead-letter topic, the bucket, the dataset, the table, the views.
+
+use anyhow::Context as _;
+use hookline_shared::config::{ArchiveBackend, QueueBackend, Settings, WarehouseBackend};
+use hookline_shared::queue::pubsub::{self, Connection, Provisioned};
+use hookline_worker::sinks::archive_gcs::GcsArchive;
+use hookline_worker::sinks::warehouse_bigquery::BigQueryWarehouse;
+use hookline_worker::sinks::warehouse_sqlite::SqliteWarehouse;
+
+fn report(created: bool, what: &str) {
+    println!("{} {what}", if created { "created" } else { "exists " });
+}
+
+/// Provisions everything the settings select, printing one line per resource.
+pub async fn run(settings: &Settings) -> anyhow::Result<()> {
+    match settings.queue.backend {
+        QueueBackend::Embedded => {
+            let q = &settings.queue.embedded;
+            let existed = q.path.exists();
+            hookline_shared::queue::embedded::EmbeddedQueue::open(
+                q,
+                std::time::Duration::from_millis(50),
+            )
+            .context("creating the embedded queue")?;
+            report(!existed, &format!("queue {}", q.path.display()));
+        }
+        QueueBackend::Pubsub => {
+            let connection = Connection::from_settings(settings)?;
+            for p in pubsub::provision(&connection, &settings.queue.pubsub)
+                .await
+                .context("provisioning Pub/Sub")?
+            {
+                match p {
+                    Provisioned::Created(name) => report(true, &name),
+                    Provisioned::Exists(name) => report(false, &name),
+                }
+            }
+        }
+    }
+    match settings.archive.backend {
+        ArchiveBackend::Local => {
+            let root = &settings.archive.local.root;
+            let existed = root.exists();
+            std::fs::create_dir_all(root)
+                .with_context(|| format!("creating {}", root.display()))?;
+            report(!existed, &format!("archive folder {}", root.display()));
+        }
+        ArchiveBackend::Gcs => {
+            let gcs = GcsArchive::connect(&settings.archive.gcs).await?;
+            let created = gcs
+                .provision(
+                    &settings.gcp.project,
+                    settings.archive.gcs.location.as_deref(),
+                )
+                .await
+                .context("creating the bucket")?;
+            report(
+                created,
+                &format!("bucket gs://{}", settings.archive.gcs.bucket),
+            );
+        }
+    }
+    match settings.warehouse.backend {
+        WarehouseBackend::Sqlite => {
+            let path = &settings.warehouse.sqlite.path;
+            let existed = path.exists();
+            SqliteWarehouse::open(path).context("creating the warehouse")?;
+            report(
+                !existed,
+                &format!("warehouse {} (table events, views)", path.display()),
+            );
+        }
+        WarehouseBackend::Bigquery => {
+            let bq =
+                BigQueryWarehouse::connect(&settings.gcp.project, &settings.warehouse.bigquery)
+                    .await?;
+            for (name, created) in bq
+                .provision(&settings.warehouse.bigquery.location)
+                .await
+                .context("provisioning BigQuery")?
+            {
+                report(created, &name);
+            }
+        }
+    }
+    Ok(())
+}

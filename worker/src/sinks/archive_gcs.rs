@@ -1,0 +1,199 @@
+//! The Google Cloud archive: objects in a Cloud Storage bucket, through `gcloud-storage`.
+//!
+//! Writes are create-only: a multipart upload with `ifGenerationMatch=0`, so an existing
+//! object answers 412, which means "already archived" (a redelivery). Multipart matters:
+//! it is the upload path on which the emulator, like GCS, enforces the precondition.
+//! Classification: 408, 429, 5xx, timeouts and connection errors are transient; other 4xx
+//! (a missing bucket, a permission) are permanent.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use gcloud_storage::client::{Client, ClientConfig};
+use gcloud_storage::http::Error as GcsError;
+use gcloud_storage::http::buckets::insert::{
+    BucketCreationConfig, InsertBucketParam, InsertBucketRequest,
+};
+use gcloud_storage::http::objects::Object;
+use gcloud_storage::http::objects::download::Range;
+use gcloud_storage::http::objects::get::GetObjectRequest;
+use gcloud_storage::http::objects::list::ListObjectsRequest;
+use gcloud_storage::http::objects::upload::{UploadObjectRequest, UploadType};
+use hookline_shared::config::GcsSettings;
+use hookline_shared::envelope::Envelope;
+use hookline_shared::sink::{Archive, Outcome, SinkError};
+
+/// Per-request timeout: the crate's default client has none.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+pub struct GcsArchive {
+    client: Client,
+    bucket: String,
+}
+
+impl std::fmt::Debug for GcsArchive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GcsArchive")
+            .field("bucket", &self.bucket)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the Cloud Storage client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum GcsSetupError {
+    #[error("cannot build the HTTP client")]
+    Http(#[source] reqwest::Error),
+    #[error(
+        "no Google credentials found for Cloud Storage (set up Application Default Credentials, or set STORAGE_EMULATOR_HOST for an emulator)"
+    )]
+    Auth(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The HTTP status of a Cloud Storage error, whichever way the crate reported it.
+fn status(e: &GcsError) -> Option<u16> {
+    match e {
+        GcsError::Response(r) => Some(r.code),
+        GcsError::HttpClient(e) => e.status().map(|s| s.as_u16()),
+        _ => None,
+    }
+}
+
+fn classify(what: &str, e: GcsError) -> SinkError {
+    match status(&e) {
+        Some(code) if code == 408 || code == 429 || code >= 500 => {
+            SinkError::transient(format!("{what}: HTTP {code}"), e)
+        }
+        Some(code) => SinkError::permanent(format!("{what}: HTTP {code}"), Some(e.into())),
+        None => SinkError::transient(format!("{what}: {e}"), e),
+    }
+}
+
+impl GcsArchive {
+    /// Anonymous against an emulator endpoint, Application Default Credentials otherwise.
+    ///
+    /// # Errors
+    /// The HTTP client cannot be built, or no credentials are found.
+    pub async fn connect(settings: &GcsSettings) -> Result<Self, GcsSetupError> {
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(GcsSetupError::Http)?;
+        let base = ClientConfig {
+            http: Some(reqwest_middleware::ClientBuilder::new(http).build()),
+            ..ClientConfig::default()
+        };
+        let config = match &settings.endpoint {
+            Some(endpoint) => ClientConfig {
+                storage_endpoint: endpoint.clone(),
+                ..base
+            }
+            .anonymous(),
+            None => base
+                .with_auth()
+                .await
+                .map_err(|e| GcsSetupError::Auth(Box::new(e)))?,
+        };
+        Ok(Self {
+            client: Client::new(config),
+            bucket: settings.bucket.clone(),
+        })
+    }
+
+    /// Object names under `prefix`, every page.
+    ///
+    /// # Errors
+    /// Classified as for writes.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, SinkError> {
+        let mut names = Vec::new();
+        let mut page_token = None;
+        loop {
+            let resp = self
+                .client
+                .list_objects(&ListObjectsRequest {
+                    bucket: self.bucket.clone(),
+                    prefix: Some(prefix.to_owned()),
+                    page_token: page_token.take(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| classify("archive list", e))?;
+            names.extend(resp.items.unwrap_or_default().into_iter().map(|o| o.name));
+            match resp.next_page_token {
+                Some(t) if !t.is_empty() => page_token = Some(t),
+                _ => return Ok(names),
+            }
+        }
+    }
+
+    /// Creates the bucket; `Ok(false)` when it already exists.
+    ///
+    /// # Errors
+    /// Cloud Storage refused for another reason.
+    pub async fn provision(
+        &self,
+        project: &str,
+        location: Option<&str>,
+    ) -> Result<bool, SinkError> {
+        let req = InsertBucketRequest {
+            name: self.bucket.clone(),
+            param: InsertBucketParam {
+                project: project.to_owned(),
+                ..Default::default()
+            },
+            bucket: BucketCreationConfig {
+                location: location.unwrap_or("US").to_owned(),
+                ..Default::default()
+            },
+        };
+        match self.client.insert_bucket(&req).await {
+            Ok(_) => Ok(true),
+            Err(e) if status(&e) == Some(409) => Ok(false),
+            Err(e) => Err(classify("bucket create", e)),
+        }
+    }
+}
+
+#[async_trait]
+impl Archive for GcsArchive {
+    async fn put(&self, object: &str, envelope: &Envelope) -> Result<Outcome, SinkError> {
+        let meta = Object {
+            name: object.to_owned(),
+            content_type: envelope.meta.content_type.clone(),
+            ..Default::default()
+        };
+        let req = UploadObjectRequest {
+            bucket: self.bucket.clone(),
+            if_generation_match: Some(0),
+            ..Default::default()
+        };
+        match self
+            .client
+            .upload_object(
+                &req,
+                envelope.body.clone(),
+                &UploadType::Multipart(Box::new(meta)),
+            )
+            .await
+        {
+            Ok(_) => Ok(Outcome::Written),
+            Err(e) if status(&e) == Some(412) => Ok(Outcome::AlreadyDone),
+            Err(e) => Err(classify("archive upload", e)),
+        }
+    }
+
+    async fn get(&self, object: &str) -> Result<Bytes, SinkError> {
+        let req = GetObjectRequest {
+            bucket: self.bucket.clone(),
+            object: object.to_owned(),
+            ..Default::default()
+        };
+        self.client
+            .download_object(&req, &Range::default())
+            .await
+            .map(Bytes::from)
+            .map_err(|e| classify("archive download", e))
+    }
+}

@@ -1,0 +1,271 @@
+//! The Google Cloud warehouse: BigQuery streaming inserts through `gcp-bigquery-client`.
+//!
+//! One `tabledata.insertAll` per delivery with `insertId` = `{source}:{delivery id}`
+//! (BigQuery de-duplicates on it, best-effort, for about a minute). A 200 answer can still
+//! carry `insertErrors`: those rows were refused, which is permanent. 408, 429 and 5xx,
+//! transport errors and token failures are transient; other 4xx are permanent.
+//! The table is created from the one schema file under `infra/`, partitioned by day on `ts`,
+//! and the views from `infra/sql/bigquery/` are created by `hookline provision`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use gcp_bigquery_client::Client;
+use gcp_bigquery_client::auth::Authenticator;
+use gcp_bigquery_client::client_builder::ClientBuilder;
+use gcp_bigquery_client::error::BQError;
+use gcp_bigquery_client::model::dataset::Dataset;
+use gcp_bigquery_client::model::field_type::FieldType;
+use gcp_bigquery_client::model::query_request::QueryRequest;
+use gcp_bigquery_client::model::table::Table;
+use gcp_bigquery_client::model::table_data_insert_all_request::TableDataInsertAllRequest;
+use gcp_bigquery_client::model::table_field_schema::TableFieldSchema;
+use gcp_bigquery_client::model::table_schema::TableSchema;
+use gcp_bigquery_client::model::time_partitioning::TimePartitioning;
+use hookline_shared::config::BigQuerySettings;
+use hookline_shared::envelope::Envelope;
+use hookline_shared::schema;
+use hookline_shared::sink::{Outcome, SinkError, Warehouse};
+
+/// The BigQuery views, `${project}` and `${dataset}` filled in at provisioning.
+pub const VIEWS: &[(&str, &str)] = &[
+    (
+        "events_common",
+        include_str!("../../../infra/sql/bigquery/events_common.sql"),
+    ),
+    (
+        "github_issue_lifecycle",
+        include_str!("../../../infra/sql/bigquery/github_issue_lifecycle.sql"),
+    ),
+];
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+pub struct BigQueryWarehouse {
+    client: Client,
+    project: String,
+    dataset: String,
+    table: String,
+}
+
+impl std::fmt::Debug for BigQueryWarehouse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BigQueryWarehouse")
+            .field(
+                "table",
+                &format!("{}.{}.{}", self.project, self.dataset, self.table),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Emulators take no token.
+#[derive(Clone)]
+struct NoToken;
+
+#[async_trait]
+impl Authenticator for NoToken {
+    async fn access_token(&self) -> Result<String, BQError> {
+        Ok(String::new())
+    }
+}
+
+fn http_code(e: &BQError) -> Option<i64> {
+    match e {
+        BQError::ResponseError { error } => Some(error.error.code),
+        BQError::RequestError(e) => e.status().map(|s| i64::from(s.as_u16())),
+        _ => None,
+    }
+}
+
+fn classify(what: &str, e: BQError) -> SinkError {
+    match http_code(&e) {
+        Some(code) if code == 408 || code == 429 || code >= 500 => {
+            SinkError::transient(format!("{what}: HTTP {code}"), e)
+        }
+        Some(code) => SinkError::permanent(format!("{what}: HTTP {code}"), Some(e.into())),
+        None => SinkError::transient(format!("{what}: {e}"), e),
+    }
+}
+
+fn field_type(kind: &str) -> FieldType {
+    match kind {
+        "INTEGER" | "INT64" => FieldType::Integer,
+        "FLOAT" | "FLOAT64" => FieldType::Float,
+        "BOOLEAN" | "BOOL" => FieldType::Boolean,
+        "TIMESTAMP" => FieldType::Timestamp,
+        "JSON" => FieldType::Json,
+        _ => FieldType::String,
+    }
+}
+
+/// The table schema, from the one schema file.
+pub fn table_schema() -> TableSchema {
+    TableSchema::new(
+        schema::FIELDS
+            .iter()
+            .map(|f| {
+                let mut field = TableFieldSchema::new(&f.name, field_type(&f.kind));
+                field.mode = Some(f.mode.clone());
+                field.description = Some(f.description.clone());
+                field
+            })
+            .collect(),
+    )
+}
+
+impl BigQueryWarehouse {
+    /// Connects anonymously to an emulator endpoint, else with Application Default
+    /// Credentials.
+    ///
+    /// # Errors
+    /// The client cannot be built or no credentials are found.
+    pub async fn connect(project: &str, settings: &BigQuerySettings) -> Result<Self, BQError> {
+        let http = reqwest012::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(BQError::RequestError)?;
+        let mut builder = ClientBuilder::new();
+        builder.with_client(http);
+        let client = match &settings.endpoint {
+            Some(endpoint) => {
+                builder
+                    .with_v2_base_url(format!("{endpoint}/bigquery/v2"))
+                    .build_from_authenticator(Arc::new(NoToken))
+                    .await?
+            }
+            None => builder.build_from_application_default_credentials().await?,
+        };
+        Ok(Self {
+            client,
+            project: project.to_owned(),
+            dataset: settings.dataset.clone(),
+            table: settings.table.clone(),
+        })
+    }
+
+    /// Runs a query and returns every row as strings (NULL as `None`).
+    ///
+    /// # Errors
+    /// The query failed; BigQuery (and its emulator) can answer 200 with an `errors` list,
+    /// which is reported as a failure too.
+    pub async fn query(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, SinkError> {
+        let mut request = QueryRequest::new(sql);
+        request.timeout_ms = Some(30_000);
+        let resp = self
+            .client
+            .job()
+            .query(&self.project, request)
+            .await
+            .map_err(|e| classify("query", e))?;
+        if let Some(errors) = resp.errors.filter(|e| !e.is_empty()) {
+            let messages: Vec<String> = errors.iter().filter_map(|e| e.message.clone()).collect();
+            return Err(SinkError::permanent(
+                format!("query failed: {}", messages.join("; ")),
+                None,
+            ));
+        }
+        if resp.job_complete == Some(false) {
+            return Err(SinkError::permanent(
+                "query did not complete within 30 s",
+                None,
+            ));
+        }
+        Ok(resp
+            .rows
+            .unwrap_or_default()
+            .into_iter()
+            .map(|row| {
+                row.columns
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|cell| match cell.value {
+                        None | Some(serde_json::Value::Null) => None,
+                        Some(serde_json::Value::String(s)) => Some(s),
+                        Some(other) => Some(other.to_string()),
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Creates the dataset, the table and the views; returns what it did, per resource.
+    ///
+    /// # Errors
+    /// BigQuery refused for another reason than "already exists".
+    pub async fn provision(&self, location: &str) -> Result<Vec<(String, bool)>, SinkError> {
+        let exists = |e: &BQError| http_code(e) == Some(409);
+        let mut done = Vec::new();
+        let dataset_name = format!("{}.{}", self.project, self.dataset);
+        match self
+            .client
+            .dataset()
+            .create(Dataset::new(&self.project, &self.dataset).location(location))
+            .await
+        {
+            Ok(_) => done.push((dataset_name, true)),
+            Err(e) if exists(&e) => done.push((dataset_name, false)),
+            Err(e) => return Err(classify("dataset create", e)),
+        }
+        let table_name = format!("{}.{}.{}", self.project, self.dataset, self.table);
+        let table = Table::new(&self.project, &self.dataset, &self.table, table_schema())
+            .description("One row per webhook delivery (hookline).")
+            .time_partitioning(TimePartitioning::per_day().field("ts"));
+        match self.client.table().create(table).await {
+            Ok(_) => done.push((table_name, true)),
+            Err(e) if exists(&e) => done.push((table_name, false)),
+            Err(e) => return Err(classify("table create", e)),
+        }
+        for (name, sql) in VIEWS {
+            let sql = sql
+                .replace("${project}", &self.project)
+                .replace("${dataset}", &self.dataset);
+            self.query(&sql).await?;
+            done.push((format!("{}.{}.{name}", self.project, self.dataset), true));
+        }
+        Ok(done)
+    }
+}
+
+#[async_trait]
+impl Warehouse for BigQueryWarehouse {
+    async fn insert(
+        &self,
+        envelope: &Envelope,
+        archive_object: &str,
+    ) -> Result<Outcome, SinkError> {
+        let row = schema::row(envelope, archive_object, Utc::now());
+        let insert_id = format!("{}:{}", envelope.meta.source, envelope.meta.delivery_id);
+        let mut request = TableDataInsertAllRequest::new();
+        request
+            .add_row(Some(insert_id), row)
+            .map_err(|e| SinkError::permanent("row cannot be encoded", Some(e.into())))?;
+        let resp = self
+            .client
+            .tabledata()
+            .insert_all(&self.project, &self.dataset, &self.table, request)
+            .await
+            .map_err(|e| classify("insertAll", e))?;
+        if let Some(errors) = resp.insert_errors.filter(|e| !e.is_empty()) {
+            let reasons: Vec<String> = errors
+                .iter()
+                .flat_map(|e| e.errors.iter().flatten())
+                .map(|p| {
+                    format!(
+                        "{}: {}",
+                        p.reason.as_deref().unwrap_or("?"),
+                        p.message.as_deref().unwrap_or("?")
+                    )
+                })
+                .collect();
+            return Err(SinkError::permanent(
+                format!("BigQuery refused the row ({})", reasons.join("; ")),
+                None,
+            ));
+        }
+        Ok(Outcome::Written)
+    }
+}
