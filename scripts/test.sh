@@ -1,13 +1,27 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone: `scripts/test.sh`.
-# It builds the workspace and runs every test (unit, property and end-to-end). `.ci/run`
-# calls exactly this. Anything it starts, it stops, even when a test fails.
+# The whole test suite, from a fresh clone: `scripts/test.sh`. `.ci/run` calls exactly this.
+#
+# 1. Formatting and lints.
+# 2. Installs (if missing) and starts the Google Cloud emulators the `gcp` tests need:
+#    Google's Pub/Sub emulator, fake-gcs-server and bqemulator (scripts/emulators.sh).
+# 3. Runs every test: unit, end-to-end on the embedded engines, end-to-end on the emulators.
+# 4. Stops the emulators it started, even when a test fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "==> formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "==> Google Cloud emulators"
+if scripts/emulators.sh status >/dev/null 2>&1; then
+  echo "already running; leaving them running afterwards"
+else
+  trap 'scripts/emulators.sh stop' EXIT
+  scripts/emulators.sh start
+fi
+# shellcheck disable=SC1091
+source target/emulators/env
 
 echo "==> tests"
 cargo test --workspace --locked

@@ -7,11 +7,13 @@
 //! - [`sink`]: the archive and warehouse contracts and their error classification.
 //! - [`schema`]: the warehouse table, read from the one schema file under `infra/`.
 //! - [`archive_name`]: where a delivery's body is archived.
+//! - [`provision`]: what creating a resource did, for `hookline provision`.
 #![forbid(unsafe_code)]
 
 pub mod archive_name;
 pub mod config;
 pub mod envelope;
+pub mod provision;
 pub mod queue;
 pub mod schema;
 pub mod sink;

@@ -60,18 +60,27 @@ pub fn sqlite_ddl() -> String {
 }
 
 /// The row for one delivery, keyed by column name, as both engines insert it.
+///
+/// A body longer than `max_payload_bytes` (the engine's row limit: BigQuery streaming
+/// refuses rows over 10 MB) is left out of the row (`payload_encoding = "omitted"`); the
+/// raw body is always in `archive_object`.
 pub fn row(
     envelope: &Envelope,
     archive_object: &str,
     inserted_at: DateTime<Utc>,
+    max_payload_bytes: usize,
 ) -> Map<String, Value> {
     let m = &envelope.meta;
-    let (payload, encoding) = match std::str::from_utf8(&envelope.body) {
-        Ok(text) => (text.to_owned(), "utf8"),
-        Err(_) => (
-            base64::engine::general_purpose::STANDARD.encode(&envelope.body),
-            "base64",
-        ),
+    let (payload, encoding) = if envelope.body.len() > max_payload_bytes {
+        (None, "omitted")
+    } else {
+        match std::str::from_utf8(&envelope.body) {
+            Ok(text) => (Some(text.to_owned()), "utf8"),
+            Err(_) => (
+                Some(base64::engine::general_purpose::STANDARD.encode(&envelope.body)),
+                "base64",
+            ),
+        }
     };
     let mut r = Map::new();
     r.insert("id".into(), m.delivery_id.clone().into());
@@ -96,7 +105,7 @@ mod tests {
     #[test]
     fn every_schema_column_gets_a_value_and_nothing_else() {
         let env = crate::test_support::envelope("d1", b"\xff\xfe binary");
-        let r = row(&env, "gh/obj", Utc::now());
+        let r = row(&env, "gh/obj", Utc::now(), usize::MAX);
         let mut cols: Vec<&str> = FIELDS.iter().map(|f| f.name.as_str()).collect();
         let mut keys: Vec<&str> = r.keys().map(String::as_str).collect();
         cols.sort_unstable();
@@ -104,6 +113,11 @@ mod tests {
         assert_eq!(cols, keys);
         assert_eq!(r["payload_encoding"], "base64");
         assert_eq!(r["payload"], "//4gYmluYXJ5");
+        let r = row(&env, "gh/obj", Utc::now(), 4);
+        assert_eq!(
+            (&r["payload"], &r["payload_encoding"]),
+            (&Value::Null, &Value::from("omitted"))
+        );
     }
 
     #[test]

@@ -6,39 +6,40 @@
 
 use anyhow::Context as _;
 use hookline_shared::config::{ArchiveBackend, QueueBackend, Settings, WarehouseBackend};
-use hookline_shared::queue::pubsub::{self, Connection, Provisioned};
+use hookline_shared::provision::Provisioned;
+use hookline_shared::queue::embedded::EmbeddedQueue;
+use hookline_shared::queue::pubsub::{self, Connection};
 use hookline_worker::sinks::archive_gcs::GcsArchive;
 use hookline_worker::sinks::warehouse_bigquery::BigQueryWarehouse;
 use hookline_worker::sinks::warehouse_sqlite::SqliteWarehouse;
 
-fn report(created: bool, what: &str) {
-    println!("{} {what}", if created { "created" } else { "exists " });
+/// Created or already there, for the embedded engines' files and folders.
+fn local(existed: bool, what: String) -> Provisioned {
+    if existed {
+        Provisioned::Exists(what)
+    } else {
+        Provisioned::Created(what)
+    }
 }
 
 /// Provisions everything the settings select, printing one line per resource.
 pub async fn run(settings: &Settings) -> anyhow::Result<()> {
+    let mut done = Vec::new();
     match settings.queue.backend {
         QueueBackend::Embedded => {
             let q = &settings.queue.embedded;
             let existed = q.path.exists();
-            hookline_shared::queue::embedded::EmbeddedQueue::open(
-                q,
-                std::time::Duration::from_millis(50),
-            )
-            .context("creating the embedded queue")?;
-            report(!existed, &format!("queue {}", q.path.display()));
+            EmbeddedQueue::open(q, std::time::Duration::from_millis(50))
+                .context("creating the embedded queue")?;
+            done.push(local(existed, format!("queue {}", q.path.display())));
         }
         QueueBackend::Pubsub => {
             let connection = Connection::from_settings(settings)?;
-            for p in pubsub::provision(&connection, &settings.queue.pubsub)
-                .await
-                .context("provisioning Pub/Sub")?
-            {
-                match p {
-                    Provisioned::Created(name) => report(true, &name),
-                    Provisioned::Exists(name) => report(false, &name),
-                }
-            }
+            done.extend(
+                pubsub::provision(&connection, &settings.queue.pubsub)
+                    .await
+                    .context("provisioning Pub/Sub")?,
+            );
         }
     }
     match settings.archive.backend {
@@ -47,20 +48,17 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
             let existed = root.exists();
             std::fs::create_dir_all(root)
                 .with_context(|| format!("creating {}", root.display()))?;
-            report(!existed, &format!("archive folder {}", root.display()));
+            done.push(local(existed, format!("archive folder {}", root.display())));
         }
         ArchiveBackend::Gcs => {
             let gcs = GcsArchive::connect(&settings.archive.gcs).await?;
-            let created = gcs
-                .provision(
+            done.push(
+                gcs.provision(
                     &settings.gcp.project,
                     settings.archive.gcs.location.as_deref(),
                 )
                 .await
-                .context("creating the bucket")?;
-            report(
-                created,
-                &format!("bucket gs://{}", settings.archive.gcs.bucket),
+                .context("creating the bucket")?,
             );
         }
     }
@@ -69,23 +67,24 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
             let path = &settings.warehouse.sqlite.path;
             let existed = path.exists();
             SqliteWarehouse::open(path).context("creating the warehouse")?;
-            report(
-                !existed,
-                &format!("warehouse {} (table events, views)", path.display()),
-            );
+            done.push(local(
+                existed,
+                format!("warehouse {} (table events and views)", path.display()),
+            ));
         }
         WarehouseBackend::Bigquery => {
             let bq =
                 BigQueryWarehouse::connect(&settings.gcp.project, &settings.warehouse.bigquery)
                     .await?;
-            for (name, created) in bq
-                .provision(&settings.warehouse.bigquery.location)
-                .await
-                .context("provisioning BigQuery")?
-            {
-                report(created, &name);
-            }
+            done.extend(
+                bq.provision(&settings.warehouse.bigquery.location)
+                    .await
+                    .context("provisioning BigQuery")?,
+            );
         }
+    }
+    for line in done {
+        println!("{line}");
     }
     Ok(())
 }

@@ -6,68 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use hookline::engines::{open_publisher, open_subscriber};
 use hookline_ingest::AppState;
-use hookline_shared::config::{QueueBackend, Settings};
-use hookline_shared::queue::embedded::EmbeddedQueue;
-use hookline_shared::queue::pubsub::{Connection, PubSubPublisher, PubSubSubscription};
-use hookline_shared::queue::{Publisher, Subscriber};
+use hookline_shared::config::Settings;
 use hookline_worker::Pipeline;
-use hookline_worker::pipeline::archive_from_settings;
 use secrecy::SecretString;
 
 /// What the worker may spend finishing in-flight messages after SIGTERM (Cloud Run: 10 s).
 const WORKER_DRAIN: Duration = Duration::from_secs(8);
-
-fn open_embedded(settings: &Settings) -> anyhow::Result<EmbeddedQueue> {
-    let q = &settings.queue.embedded;
-    EmbeddedQueue::open(q, Duration::from_millis(settings.worker.poll_interval_ms))
-        .with_context(|| format!("opening the embedded queue at {}", q.path.display()))
-}
-
-/// The queue ingest publishes to.
-pub async fn open_publisher(settings: &Settings) -> anyhow::Result<Arc<dyn Publisher>> {
-    Ok(match settings.queue.backend {
-        QueueBackend::Embedded => Arc::new(open_embedded(settings)?),
-        QueueBackend::Pubsub => {
-            let archive = archive_from_settings(settings)
-                .await
-                .context("setting up the archive for claim checks")?;
-            let connection = Connection::from_settings(settings)?;
-            Arc::new(
-                PubSubPublisher::connect(
-                    connection,
-                    &settings.queue.pubsub,
-                    settings.server.publish_timeout(),
-                    archive,
-                )
-                .await
-                .context("connecting to Pub/Sub")?,
-            )
-        }
-    })
-}
-
-/// The subscription the worker pulls from.
-pub async fn open_subscriber(settings: &Settings) -> anyhow::Result<Arc<dyn Subscriber>> {
-    Ok(match settings.queue.backend {
-        QueueBackend::Embedded => Arc::new(open_embedded(settings)?.subscriber()),
-        QueueBackend::Pubsub => {
-            let p = &settings.queue.pubsub;
-            let connection = Connection::from_settings(settings)?;
-            Arc::new(
-                PubSubSubscription::open(
-                    &connection,
-                    &p.subscription,
-                    settings.worker.concurrency,
-                    Duration::from_secs(u64::from(p.ack_deadline_secs)),
-                    Some(&p.dead_letter_topic),
-                )
-                .await
-                .context("opening the Pub/Sub subscription")?,
-            )
-        }
-    })
-}
 
 pub async fn ingest(
     settings: Settings,

@@ -260,24 +260,6 @@ pub async fn wait_for(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -
     check().await
 }
 
-/// The Slack message the default rule produces for the example payload, exactly.
-pub fn expected_slack_json() -> serde_json::Value {
-    serde_json::json!({
-        "text": "New issue in octo-org/hello-world: #1347 Webhook deliveries time out when the payload is larger than 1 MB by alice-dev https://github.com/octo-org/hello-world/issues/1347",
-        "blocks": [
-            {
-                "type": "section",
-                "text": {
-                    "type": "mrkdwn",
-                    "text": "*New issue in <https://github.com/octo-org/hello-world|octo-org/hello-world>*\n<https://github.com/octo-org/hello-world/issues/1347|#1347 Webhook deliveries time out when the payload is larger than 1 MB>"
-                }
-            },
-            {
-                "type": "context",
-                "elements": [
-                    { "type": "mrkdwn", "text": "by <https://github.com/alice-dev|alice-dev>" }
-                ]
-            }
-        ]
-    })
-}
+#[path = "../fixtures/slack.rs"]
+mod slack_fixture;
+pub use slack_fixture::expected_slack_json;

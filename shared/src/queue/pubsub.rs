@@ -42,6 +42,7 @@ use super::{Acker, DeadLetter, Delivery, Publisher, QueueError, Subscriber};
 use crate::archive_name;
 use crate::config::{PubsubSettings, Settings};
 use crate::envelope::{Envelope, attr};
+use crate::provision::Provisioned;
 use crate::sink::Archive;
 
 /// How long startup checks and readiness probes wait for Pub/Sub.
@@ -433,13 +434,6 @@ impl Acker for PubSubAcker {
         // The crate extends leases itself for as long as the handler is held.
         Ok(())
     }
-}
-
-/// What `provision` did with one resource.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Provisioned {
-    Created(String),
-    Exists(String),
 }
 
 /// Creates the topics and subscriptions, idempotently.

@@ -22,6 +22,7 @@ use gcloud_storage::http::objects::list::ListObjectsRequest;
 use gcloud_storage::http::objects::upload::{UploadObjectRequest, UploadType};
 use hookline_shared::config::GcsSettings;
 use hookline_shared::envelope::Envelope;
+use hookline_shared::provision::Provisioned;
 use hookline_shared::sink::{Archive, Outcome, SinkError};
 
 /// Per-request timeout: the crate's default client has none.
@@ -128,7 +129,7 @@ impl GcsArchive {
         }
     }
 
-    /// Creates the bucket; `Ok(false)` when it already exists.
+    /// Creates the bucket.
     ///
     /// # Errors
     /// Cloud Storage refused for another reason.
@@ -136,7 +137,8 @@ impl GcsArchive {
         &self,
         project: &str,
         location: Option<&str>,
-    ) -> Result<bool, SinkError> {
+    ) -> Result<Provisioned, SinkError> {
+        let name = format!("bucket gs://{}", self.bucket);
         let req = InsertBucketRequest {
             name: self.bucket.clone(),
             param: InsertBucketParam {
@@ -149,8 +151,8 @@ impl GcsArchive {
             },
         };
         match self.client.insert_bucket(&req).await {
-            Ok(_) => Ok(true),
-            Err(e) if status(&e) == Some(409) => Ok(false),
+            Ok(_) => Ok(Provisioned::Created(name)),
+            Err(e) if status(&e) == Some(409) => Ok(Provisioned::Exists(name)),
             Err(e) => Err(classify("bucket create", e)),
         }
     }

@@ -26,6 +26,7 @@ use gcp_bigquery_client::model::table_schema::TableSchema;
 use gcp_bigquery_client::model::time_partitioning::TimePartitioning;
 use hookline_shared::config::BigQuerySettings;
 use hookline_shared::envelope::Envelope;
+use hookline_shared::provision::Provisioned;
 use hookline_shared::schema;
 use hookline_shared::sink::{Outcome, SinkError, Warehouse};
 
@@ -42,6 +43,8 @@ pub const VIEWS: &[(&str, &str)] = &[
 ];
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Streaming inserts refuse rows over 10 MB; larger bodies stay in the archive only.
+const MAX_PAYLOAD_BYTES: usize = 9_000_000;
 
 #[derive(Clone)]
 pub struct BigQueryWarehouse {
@@ -196,27 +199,27 @@ impl BigQueryWarehouse {
     ///
     /// # Errors
     /// BigQuery refused for another reason than "already exists".
-    pub async fn provision(&self, location: &str) -> Result<Vec<(String, bool)>, SinkError> {
+    pub async fn provision(&self, location: &str) -> Result<Vec<Provisioned>, SinkError> {
         let exists = |e: &BQError| http_code(e) == Some(409);
         let mut done = Vec::new();
-        let dataset_name = format!("{}.{}", self.project, self.dataset);
+        let dataset_name = format!("dataset {}.{}", self.project, self.dataset);
         match self
             .client
             .dataset()
             .create(Dataset::new(&self.project, &self.dataset).location(location))
             .await
         {
-            Ok(_) => done.push((dataset_name, true)),
-            Err(e) if exists(&e) => done.push((dataset_name, false)),
+            Ok(_) => done.push(Provisioned::Created(dataset_name)),
+            Err(e) if exists(&e) => done.push(Provisioned::Exists(dataset_name)),
             Err(e) => return Err(classify("dataset create", e)),
         }
-        let table_name = format!("{}.{}.{}", self.project, self.dataset, self.table);
+        let table_name = format!("table {}.{}.{}", self.project, self.dataset, self.table);
         let table = Table::new(&self.project, &self.dataset, &self.table, table_schema())
             .description("One row per webhook delivery (hookline).")
             .time_partitioning(TimePartitioning::per_day().field("ts"));
         match self.client.table().create(table).await {
-            Ok(_) => done.push((table_name, true)),
-            Err(e) if exists(&e) => done.push((table_name, false)),
+            Ok(_) => done.push(Provisioned::Created(table_name)),
+            Err(e) if exists(&e) => done.push(Provisioned::Exists(table_name)),
             Err(e) => return Err(classify("table create", e)),
         }
         for (name, sql) in VIEWS {
@@ -224,7 +227,10 @@ impl BigQueryWarehouse {
                 .replace("${project}", &self.project)
                 .replace("${dataset}", &self.dataset);
             self.query(&sql).await?;
-            done.push((format!("{}.{}.{name}", self.project, self.dataset), true));
+            done.push(Provisioned::Replaced(format!(
+                "view {}.{}.{name}",
+                self.project, self.dataset
+            )));
         }
         Ok(done)
     }
@@ -237,7 +243,7 @@ impl Warehouse for BigQueryWarehouse {
         envelope: &Envelope,
         archive_object: &str,
     ) -> Result<Outcome, SinkError> {
-        let row = schema::row(envelope, archive_object, Utc::now());
+        let row = schema::row(envelope, archive_object, Utc::now(), MAX_PAYLOAD_BYTES);
         let insert_id = format!("{}:{}", envelope.meta.source, envelope.meta.delivery_id);
         let mut request = TableDataInsertAllRequest::new();
         request

@@ -93,7 +93,8 @@ impl Warehouse for SqliteWarehouse {
         envelope: &Envelope,
         archive_object: &str,
     ) -> Result<Outcome, SinkError> {
-        let row = schema::row(envelope, archive_object, Utc::now());
+        // SQLite has no practical row limit below the body limit.
+        let row = schema::row(envelope, archive_object, Utc::now(), usize::MAX);
         let values: Vec<rusqlite::types::Value> = schema::FIELDS
             .iter()
             .map(|f| match &row[&f.name] {

@@ -1,0 +1,76 @@
+//! The subscription's own dead-letter policy, on the emulator: every nack brings the
+//! message back with a higher delivery attempt, and after the maximum it is on the
+//! dead-letter topic.
+
+use std::time::Duration;
+
+use hookline_shared::envelope::{Envelope, Metadata, now_millis};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn nacks_redeliver_with_increasing_attempts_then_dead_letter() {
+    let env = GcpEnv::new("max_delivery_attempts = 5");
+    env.provision();
+    let publisher = hookline::engines::open_publisher(&env.settings)
+        .await
+        .unwrap();
+    let subscriber = hookline::engines::open_subscriber(&env.settings)
+        .await
+        .unwrap();
+    let envelope = Envelope {
+        body: bytes::Bytes::from_static(b"{\"zen\":\"Design for failure.\"}"),
+        meta: Metadata {
+            source: "gh".into(),
+            provider: "github".into(),
+            event_type: Some("ping".into()),
+            delivery_id: "nack-me".into(),
+            received_at: now_millis(),
+            content_type: Some("application/json".into()),
+            request_id: "r-1".into(),
+            replay_count: 0,
+            extra: Default::default(),
+        },
+    };
+    publisher.publish(&envelope).await.unwrap();
+
+    let mut attempts = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while attempts.len() < 5 && tokio::time::Instant::now() < deadline {
+        for delivery in subscriber.pull(1, Duration::from_secs(5)).await.unwrap() {
+            assert_eq!(delivery.envelope().unwrap(), envelope);
+            attempts.push(delivery.attempt);
+            delivery.acker.nack().await.unwrap();
+        }
+    }
+    assert_eq!(attempts, [1, 2, 3, 4, 5]);
+    assert!(
+        subscriber
+            .pull(1, Duration::from_secs(3))
+            .await
+            .unwrap()
+            .is_empty(),
+        "after the fifth attempt the subscription no longer delivers it"
+    );
+
+    let dead_ops = env.settings.queue.pubsub.dead_letter_subscription.clone();
+    let mut dead = Vec::new();
+    assert!(
+        wait_for(Duration::from_secs(30), async || {
+            dead.extend(env.pull_raw(&dead_ops, 10).await);
+            !dead.is_empty()
+        })
+        .await,
+        "the message never reached the dead-letter topic"
+    );
+    let (data, attributes) = &dead[0];
+    assert_eq!(data, &envelope.body.to_vec());
+    assert_eq!(attributes["delivery_id"], "nack-me");
+    assert!(
+        attributes
+            .keys()
+            .any(|k| k.starts_with("CloudPubSubDeadLetterSource")),
+        "Pub/Sub marks forwarded messages: {attributes:?}"
+    );
+    subscriber.close().await;
+}

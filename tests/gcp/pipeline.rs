@@ -1,0 +1,202 @@
+//! The whole path on the Google Cloud engines: signed POST → Pub/Sub → worker → object in
+//! Cloud Storage, row in BigQuery, one Slack request; the message as Pub/Sub holds it; the
+//! claim check for bodies over the message limit; permanent failures dead-lettered.
+
+use std::time::Duration;
+
+use wiremock::matchers::{body_json, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::support::*;
+
+#[path = "../fixtures/slack.rs"]
+mod slack_fixture;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn signed_issue_flows_through_pubsub_to_storage_bigquery_and_slack() {
+    let env = GcpEnv::new("");
+    env.provision();
+    let tap = format!("tap-{}", env.suffix);
+    env.tap(&tap, &env.settings.queue.pubsub.topic).await;
+    let slack = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/services/T1/B1/X1"))
+        .and(body_json(slack_fixture::expected_slack_json()))
+        .respond_with(ResponseTemplate::new(200).set_body_string("ok"))
+        .expect(1)
+        .mount(&slack)
+        .await;
+    let (url, ingest) = spawn_ingest(&env).await;
+    let worker = spawn_worker(&env, Some(format!("{}/services/T1/B1/X1", slack.uri()))).await;
+
+    let body = ISSUES_OPENED.as_bytes().to_vec();
+    let delivery = "5f1d6c2e-4a9e-11ef-9c1e-2a5b3c4d5e6f";
+    let (status, json) = post(
+        &format!("{url}/hooks/gh"),
+        &github_headers(&body, "issues", delivery),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, 200, "{json}");
+
+    // The message as Pub/Sub holds it: the body byte for byte, the documented attributes.
+    let raw = env.pull_raw(&tap, 10).await;
+    assert_eq!(raw.len(), 1);
+    let (data, attributes) = &raw[0];
+    assert_eq!(data, &body, "data is the raw request body");
+    let attr = |k: &str| {
+        attributes
+            .get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(attr("source"), "gh");
+    assert_eq!(attr("provider"), "github");
+    assert_eq!(attr("event_type"), "issues");
+    assert_eq!(attr("delivery_id"), delivery);
+    assert_eq!(attr("content_type"), "application/json");
+    assert!(chrono::DateTime::parse_from_rfc3339(&attr("received_at")).is_ok());
+    assert!(!attr("request_id").is_empty());
+
+    assert!(
+        wait_for(WAIT, async || env
+            .query("SELECT count(*) FROM {ds}.events")
+            .await[0][0]
+            .as_deref()
+            == Some("1"))
+        .await,
+        "no BigQuery row"
+    );
+    let objects = env.objects().await;
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    assert!(objects[0].0.starts_with("gh/") && objects[0].0.ends_with(&format!("_{delivery}")));
+    assert_eq!(objects[0].1, body.len() as u64);
+    let rows = env
+        .query("SELECT id, source, event_type, payload_encoding, archive_object, JSON_VALUE(payload, '$.issue.title') FROM {ds}.events")
+        .await;
+    let s = |v: &str| Some(v.to_owned());
+    assert_eq!(
+        rows,
+        vec![vec![
+            s(delivery),
+            s("gh"),
+            s("issues"),
+            s("utf8"),
+            s(&objects[0].0),
+            s("Webhook deliveries time out when the payload is larger than 1 MB")
+        ]]
+    );
+    // Give a duplicate Slack post a moment to show up before verifying exactly one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    worker.stop().await;
+    ingest.stop().await.unwrap();
+    slack.verify().await;
+}
+
+#[tokio::test]
+async fn bodies_over_the_message_limit_travel_as_a_claim_check() {
+    let env = GcpEnv::new("");
+    env.provision();
+    let tap = format!("tap-{}", env.suffix);
+    env.tap(&tap, &env.settings.queue.pubsub.topic).await;
+    let (url, ingest) = spawn_ingest(&env).await;
+    let worker = spawn_worker(&env, None).await;
+
+    // 10.5 MB of valid JSON: over Pub/Sub's 10 MB message limit.
+    let padding = "x".repeat(10_500_000);
+    let body = format!(r#"{{"ref":"refs/heads/main","padding":"{padding}"}}"#).into_bytes();
+    let (status, json) = post(
+        &format!("{url}/hooks/gh"),
+        &github_headers(&body, "push", "big-1"),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, 200, "{json}");
+
+    let raw = env.pull_raw(&tap, 10).await;
+    assert_eq!(raw.len(), 1);
+    let (data, attributes) = &raw[0];
+    assert!(
+        data.is_empty(),
+        "the message carries a pointer, not the body"
+    );
+    let pointer = attributes["claim_check"].as_str().unwrap().to_owned();
+
+    assert!(
+        wait_for(WAIT, async || env
+            .query("SELECT count(*) FROM {ds}.events")
+            .await[0][0]
+            .as_deref()
+            == Some("1"))
+        .await,
+        "no BigQuery row"
+    );
+    let objects = env.objects().await;
+    assert_eq!(
+        objects,
+        vec![(pointer.clone(), body.len() as u64)],
+        "one object: the claim check is the archive"
+    );
+    let rows = env
+        .query("SELECT id, payload_encoding, payload, archive_object FROM {ds}.events")
+        .await;
+    assert_eq!(
+        rows,
+        vec![vec![
+            Some("big-1".into()),
+            Some("omitted".into()),
+            None,
+            Some(pointer)
+        ]],
+        "the row points at the archive instead of carrying 10.5 MB"
+    );
+    worker.stop().await;
+    ingest.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_permanent_failure_is_dead_lettered_with_its_reason() {
+    let env = GcpEnv::new("");
+    env.provision();
+    let (url, ingest) = spawn_ingest(&env).await;
+    let worker = spawn_worker(&env, None).await;
+
+    // An `issues` `opened` event without the fields the Slack message needs.
+    let body = br#"{"action":"opened","issue":{"title":"no link, no author"}}"#.to_vec();
+    let (status, _) = post(
+        &format!("{url}/hooks/gh"),
+        &github_headers(&body, "issues", "poison-1"),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let dead_ops = env.settings.queue.pubsub.dead_letter_subscription.clone();
+    let mut dead = Vec::new();
+    assert!(
+        wait_for(WAIT, async || {
+            dead.extend(env.pull_raw(&dead_ops, 10).await);
+            !dead.is_empty()
+        })
+        .await,
+        "nothing reached the dead-letter topic"
+    );
+    let (data, attributes) = &dead[0];
+    assert_eq!(data, &body);
+    assert_eq!(attributes["delivery_id"], "poison-1");
+    assert_eq!(attributes["dead_letter_sink"], "slack");
+    assert!(
+        attributes["dead_letter_reason"]
+            .as_str()
+            .unwrap()
+            .contains("lacks")
+    );
+    assert_eq!(attributes["dead_letter_attempts"], "1");
+    // The sinks before Slack did their part; the operator replays after fixing the cause.
+    assert_eq!(env.objects().await.len(), 1);
+    worker.stop().await;
+    ingest.stop().await.unwrap();
+}
