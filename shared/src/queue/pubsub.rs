@@ -154,7 +154,11 @@ impl Connection {
                 format!("Pub/Sub topic {path} does not exist: run `hookline provision`"),
             )),
             Ok(Err(e)) => Err(QueueError::unavailable(e)),
-            Err(_) => Err(QueueError::Timeout(PROBE_TIMEOUT)),
+            Err(_) => Err(QueueError::unavailable(format!(
+                "Pub/Sub did not answer within {PROBE_TIMEOUT:?} (endpoint: {}): check the network and the credentials \
+                 (Application Default Credentials; an emulator needs PUBSUB_EMULATOR_HOST)",
+                self.endpoint.as_deref().unwrap_or("pubsub.googleapis.com")
+            ))),
         }
     }
 }

@@ -199,3 +199,85 @@ impl Archive for GcsArchive {
             .map_err(|e| classify("archive download", e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use wiremock::matchers::{method, path, query_param};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    use super::*;
+    use crate::pipeline::tests::envelope;
+
+    async fn upload_answered(status: u16, body: serde_json::Value) -> Result<Outcome, SinkError> {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/upload/storage/v1/b/bkt/o"))
+            .and(query_param("uploadType", "multipart"))
+            .and(query_param("ifGenerationMatch", "0"))
+            .respond_with(ResponseTemplate::new(status).set_body_json(body))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let settings = GcsSettings {
+            bucket: "bkt".into(),
+            location: None,
+            endpoint: Some(server.uri()),
+        };
+        GcsArchive::connect(&settings)
+            .await
+            .unwrap()
+            .put("gh/o", &envelope("d1", "push"))
+            .await
+    }
+
+    fn error_body(code: u16, errors: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({"error": {"code": code, "message": "m", "errors": errors}})
+    }
+
+    #[tokio::test]
+    async fn precondition_failed_means_already_archived_in_either_error_shape() {
+        // fake-gcs-server's shape (`"errors": null`) and Cloud Storage's (a list).
+        let emulator = error_body(412, serde_json::Value::Null);
+        assert_eq!(
+            upload_answered(412, emulator).await.unwrap(),
+            Outcome::AlreadyDone
+        );
+        let real = error_body(
+            412,
+            serde_json::json!([{"domain": "global", "reason": "conditionNotMet", "message": "m"}]),
+        );
+        assert_eq!(
+            upload_answered(412, real).await.unwrap(),
+            Outcome::AlreadyDone
+        );
+    }
+
+    #[tokio::test]
+    async fn http_failures_are_classified() {
+        let list = serde_json::json!([{"domain": "global", "reason": "r", "message": "m"}]);
+        assert!(
+            upload_answered(503, error_body(503, list.clone()))
+                .await
+                .unwrap_err()
+                .is_transient()
+        );
+        assert!(
+            upload_answered(429, error_body(429, list.clone()))
+                .await
+                .unwrap_err()
+                .is_transient()
+        );
+        assert!(
+            !upload_answered(403, error_body(403, list.clone()))
+                .await
+                .unwrap_err()
+                .is_transient()
+        );
+        assert!(
+            !upload_answered(404, error_body(404, serde_json::Value::Null))
+                .await
+                .unwrap_err()
+                .is_transient()
+        );
+    }
+}

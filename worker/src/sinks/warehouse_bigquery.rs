@@ -275,3 +275,80 @@ impl Warehouse for BigQueryWarehouse {
         Ok(Outcome::Written)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    use super::*;
+    use crate::pipeline::tests::envelope;
+
+    async fn insert_answered(status: u16, body: serde_json::Value) -> Result<Outcome, SinkError> {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path(
+                "/bigquery/v2/projects/p-1/datasets/ds/tables/events/insertAll",
+            ))
+            .respond_with(ResponseTemplate::new(status).set_body_json(body))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let settings = BigQuerySettings {
+            dataset: "ds".into(),
+            endpoint: Some(server.uri()),
+            ..BigQuerySettings::default()
+        };
+        let warehouse = BigQueryWarehouse::connect("p-1", &settings).await.unwrap();
+        warehouse.insert(&envelope("d1", "push"), "gh/o").await
+    }
+
+    fn error_body(code: u16) -> serde_json::Value {
+        serde_json::json!({"error": {"code": code, "message": "x", "errors": [{"reason": "backendError", "message": "x"}]}})
+    }
+
+    #[tokio::test]
+    async fn insert_errors_in_a_200_are_a_permanent_failure() {
+        let refused = serde_json::json!({
+            "kind": "bigquery#tableDataInsertAllResponse",
+            "insertErrors": [{"index": 0, "errors": [{"reason": "invalid", "location": "payload", "message": "no such field: x"}]}]
+        });
+        let err = insert_answered(200, refused).await.unwrap_err();
+        assert!(!err.is_transient());
+        assert!(
+            err.to_string().contains("invalid: no such field: x"),
+            "{err}"
+        );
+        let ok =
+            serde_json::json!({"kind": "bigquery#tableDataInsertAllResponse", "insertErrors": []});
+        assert_eq!(insert_answered(200, ok).await.unwrap(), Outcome::Written);
+    }
+
+    #[tokio::test]
+    async fn http_failures_are_classified() {
+        assert!(
+            insert_answered(503, error_body(503))
+                .await
+                .unwrap_err()
+                .is_transient()
+        );
+        assert!(
+            insert_answered(429, error_body(429))
+                .await
+                .unwrap_err()
+                .is_transient()
+        );
+        assert!(
+            !insert_answered(404, error_body(404))
+                .await
+                .unwrap_err()
+                .is_transient()
+        );
+        assert!(
+            !insert_answered(400, error_body(400))
+                .await
+                .unwrap_err()
+                .is_transient()
+        );
+    }
+}
