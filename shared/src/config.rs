@@ -10,10 +10,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 
-use crate::verify::Provider;
+use crate::verify::scheme::{HmacScheme, Template, Timestamped};
+use crate::verify::{Algorithm, Encoding, Provider, standard_webhooks};
 
 /// Environment variable naming the configuration file when `--config` is not given.
 pub const CONFIG_ENV: &str = "HOOKLINE_CONFIG";
@@ -352,8 +353,12 @@ impl Default for WorkerSettings {
 pub enum ProviderKind {
     Github,
     Flexport,
+    Shopify,
     Slack,
+    Stripe,
+    StandardWebhooks,
     SharedSecret,
+    Hmac,
 }
 
 /// One webhook source as written in the file.
@@ -367,18 +372,37 @@ pub struct SourceSettings {
     /// Names of environment variables holding secrets, tried after `secrets`, in order.
     #[serde(default)]
     pub secrets_env: Vec<String>,
-    /// `slack`: accepted clock difference in seconds, both ways (default 300).
+    /// `slack`, `stripe`, `standard_webhooks`, `hmac` with a timestamp: accepted clock
+    /// difference in seconds, both ways (default 300).
     #[serde(default)]
     pub tolerance_secs: Option<i64>,
-    /// `shared_secret`: the header carrying the secret.
+    /// `shared_secret`: the header carrying the secret; `hmac`: the signature header.
     #[serde(default)]
     pub header: Option<String>,
-    /// `shared_secret`: a header holding the sender's delivery id.
+    /// `shared_secret`, `hmac`: a header holding the sender's delivery id.
     #[serde(default)]
     pub delivery_id_header: Option<String>,
-    /// `shared_secret`: a header holding the event type.
+    /// `shared_secret`, `hmac`: a header holding the event type.
     #[serde(default)]
     pub event_type_header: Option<String>,
+    /// `hmac`: sha1, sha256 or sha512.
+    #[serde(default)]
+    pub algorithm: Option<Algorithm>,
+    /// `hmac`: hex (default) or base64.
+    #[serde(default)]
+    pub encoding: Option<Encoding>,
+    /// `hmac`: text before the signature, e.g. `sha256=`.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// `hmac`: accept the signature with or without `prefix`.
+    #[serde(default)]
+    pub prefix_optional: bool,
+    /// `hmac`: a header holding a Unix timestamp that is signed with the body.
+    #[serde(default)]
+    pub timestamp_header: Option<String>,
+    /// `hmac`: the signed content, e.g. `{timestamp}.{body}` (default `{body}`).
+    #[serde(default)]
+    pub signed_content: Option<String>,
 }
 
 /// A source ready to verify requests: its provider and resolved secrets.
@@ -584,21 +608,12 @@ impl Settings {
                 if secrets.is_empty() {
                     return Err(err("no secret: set `secrets_env` (or `secrets`)".into()));
                 }
-                let provider = match s.provider {
-                    ProviderKind::Github => Provider::Github,
-                    ProviderKind::Flexport => Provider::Flexport,
-                    ProviderKind::Slack => Provider::Slack {
-                        tolerance_secs: s.tolerance_secs.unwrap_or(300),
-                    },
-                    ProviderKind::SharedSecret => Provider::SharedSecret {
-                        header: s
-                            .header
-                            .clone()
-                            .ok_or_else(|| err("shared_secret needs `header`".into()))?,
-                        delivery_id_header: s.delivery_id_header.clone(),
-                        event_type_header: s.event_type_header.clone(),
-                    },
-                };
+                let provider = build_provider(s).map_err(err)?;
+                if s.provider == ProviderKind::StandardWebhooks {
+                    for secret in &secrets {
+                        standard_webhooks::key(secret.expose_secret()).map_err(err)?;
+                    }
+                }
                 Ok((
                     name.clone(),
                     Source {
@@ -610,6 +625,66 @@ impl Settings {
             })
             .collect()
     }
+}
+
+/// The verifier a source's settings describe.
+fn build_provider(s: &SourceSettings) -> Result<Provider, String> {
+    let tolerance_secs = s.tolerance_secs.unwrap_or(300);
+    if tolerance_secs <= 0 {
+        return Err("tolerance_secs must be positive".into());
+    }
+    let header = |kind: &str| {
+        s.header
+            .clone()
+            .ok_or_else(|| format!("{kind} needs `header`"))
+    };
+    Ok(match s.provider {
+        ProviderKind::Github => Provider::Github,
+        ProviderKind::Flexport => Provider::Flexport,
+        ProviderKind::Shopify => Provider::Shopify,
+        ProviderKind::Slack => Provider::Slack { tolerance_secs },
+        ProviderKind::Stripe => Provider::Stripe { tolerance_secs },
+        ProviderKind::StandardWebhooks => Provider::StandardWebhooks { tolerance_secs },
+        ProviderKind::SharedSecret => Provider::SharedSecret {
+            header: header("shared_secret")?,
+            delivery_id_header: s.delivery_id_header.clone(),
+            event_type_header: s.event_type_header.clone(),
+        },
+        ProviderKind::Hmac => {
+            let template = s.signed_content.as_deref().unwrap_or("{body}");
+            let template = Template::parse(template).map_err(|e| e.to_string())?;
+            let scheme = HmacScheme {
+                header: header("hmac")?,
+                algorithm: s
+                    .algorithm
+                    .ok_or("hmac needs `algorithm` (sha1, sha256 or sha512)")?,
+                encoding: s.encoding.unwrap_or(Encoding::Hex),
+                prefix: s.prefix.clone(),
+                prefix_optional: s.prefix_optional,
+                timestamp: s.timestamp_header.clone().map(|header| Timestamped {
+                    header,
+                    template,
+                    tolerance_secs,
+                }),
+                name: "hmac",
+            };
+            if scheme.timestamp.is_none()
+                && s.signed_content
+                    .as_deref()
+                    .is_some_and(|t| t.contains("{timestamp}"))
+            {
+                return Err(
+                    "signed_content uses {timestamp} but no timestamp_header is set".into(),
+                );
+            }
+            scheme.validate()?;
+            Provider::Hmac {
+                scheme,
+                delivery_id_header: s.delivery_id_header.clone(),
+                event_type_header: s.event_type_header.clone(),
+            }
+        }
+    })
 }
 
 /// Sets `a.b.c` from `HOOKLINE__A__B__C`. The value is read as a TOML value when it is one
@@ -772,6 +847,84 @@ mod tests {
         let local_archive = "[gcp]\nproject = \"p-1\"\n[queue]\nbackend = \"pubsub\"";
         assert!(
             matches!(Settings::from_parts(local_archive, []), Err(ConfigError::Invalid(m)) if m.contains("claim checks"))
+        );
+    }
+
+    #[test]
+    fn generic_hmac_and_new_kinds_are_configured_and_checked() {
+        let file = r#"
+            [sources.vendor]
+            provider = "hmac"
+            header = "X-Vendor-Signature"
+            algorithm = "sha512"
+            encoding = "base64"
+            prefix = "sha512="
+            timestamp_header = "X-Vendor-Timestamp"
+            signed_content = "{timestamp}.{body}"
+            tolerance_secs = 60
+            delivery_id_header = "X-Vendor-Id"
+            secrets = ["k"]
+            [sources.stripe]
+            provider = "stripe"
+            secrets = ["whsec_abc"]
+            [sources.svix]
+            provider = "standard_webhooks"
+            secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+        "#;
+        let sources = Settings::from_parts(file, [])
+            .unwrap()
+            .resolve_sources(|_| None)
+            .unwrap();
+        match &sources["vendor"].provider {
+            Provider::Hmac {
+                scheme,
+                delivery_id_header,
+                ..
+            } => {
+                assert_eq!(scheme.algorithm, Algorithm::Sha512);
+                assert_eq!(scheme.timestamp.as_ref().unwrap().tolerance_secs, 60);
+                assert_eq!(delivery_id_header.as_deref(), Some("X-Vendor-Id"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            sources["stripe"].provider,
+            Provider::Stripe {
+                tolerance_secs: 300
+            }
+        );
+
+        let broken = [
+            ("provider = \"hmac\"\nheader = \"X\"", "algorithm"),
+            ("provider = \"hmac\"\nalgorithm = \"sha256\"", "header"),
+            (
+                "provider = \"hmac\"\nheader = \"X\"\nalgorithm = \"sha256\"\nsigned_content = \"{timestamp}.{body}\"",
+                "timestamp_header",
+            ),
+            (
+                "provider = \"hmac\"\nheader = \"X\"\nalgorithm = \"sha256\"\nsigned_content = \"{nonce}\"",
+                "template",
+            ),
+            ("provider = \"stripe\"\ntolerance_secs = 0", "positive"),
+        ];
+        for (source, needle) in broken {
+            let file = format!("[sources.s]\n{source}\nsecrets = [\"k\"]");
+            let err = Settings::from_parts(&file, [])
+                .unwrap()
+                .resolve_sources(|_| None)
+                .unwrap_err();
+            assert!(err.to_string().contains(needle), "{source}: {err}");
+        }
+        let bad_key =
+            "[sources.s]\nprovider = \"standard_webhooks\"\nsecrets = [\"whsec_not base64!\"]";
+        let err = Settings::from_parts(bad_key, [])
+            .unwrap()
+            .resolve_sources(|_| None)
+            .unwrap_err();
+        assert!(err.to_string().contains("base64"), "{err}");
+        assert!(
+            !err.to_string().contains("not base64!"),
+            "secrets never appear in errors"
         );
     }
 

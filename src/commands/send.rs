@@ -1,13 +1,13 @@
 //! `hookline send`: act as a configured source's provider. Reads a payload file, signs it
-//! with the source's first secret exactly as the provider would (including provider
-//! headers such as `X-GitHub-Event` and `X-GitHub-Delivery`), posts it, and prints the answer.
+//! with the source's first secret exactly as the provider would (including the headers
+//! that carry the event type and delivery id, such as `X-GitHub-Event` and
+//! `X-GitHub-Delivery`), posts it, and prints the answer.
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use chrono::Utc;
 use hookline_shared::config::Settings;
-use hookline_shared::verify::Provider;
 use secrecy::ExposeSecret as _;
 
 #[derive(Debug, clap::Args)]
@@ -46,26 +46,9 @@ pub async fn run(settings: &Settings, args: SendArgs) -> anyhow::Result<()> {
         .delivery_id
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
 
-    let mut headers = source.provider.sign(secret, &body, Utc::now());
-    match &source.provider {
-        Provider::Github => {
-            headers.push(("X-GitHub-Event".into(), args.event.clone()));
-            headers.push(("X-GitHub-Delivery".into(), delivery_id.clone()));
-        }
-        Provider::SharedSecret {
-            delivery_id_header,
-            event_type_header,
-            ..
-        } => {
-            if let Some(h) = delivery_id_header {
-                headers.push((h.clone(), delivery_id.clone()));
-            }
-            if let Some(h) = event_type_header {
-                headers.push((h.clone(), args.event.clone()));
-            }
-        }
-        Provider::Flexport | Provider::Slack { .. } => {}
-    }
+    let headers = source
+        .provider
+        .sign(secret, &body, Utc::now(), &delivery_id, &args.event);
 
     let base = args
         .url

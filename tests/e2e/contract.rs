@@ -48,7 +48,7 @@ fn slack_headers(secret: &str, body: &[u8], ts: chrono::DateTime<Utc>) -> Vec<(S
     let mut h = Provider::Slack {
         tolerance_secs: 300,
     }
-    .sign(secret, body, ts);
+    .sign(secret, body, ts, "", "");
     h.push(("Content-Type".into(), "application/json".into()));
     h
 }

@@ -224,9 +224,7 @@ pub fn github_headers(
     event: &str,
     delivery: &str,
 ) -> Vec<(String, String)> {
-    let mut h = Provider::Github.sign(secret, body, Utc::now());
-    h.push(("X-GitHub-Event".into(), event.into()));
-    h.push(("X-GitHub-Delivery".into(), delivery.into()));
+    let mut h = Provider::Github.sign(secret, body, Utc::now(), delivery, event);
     h.push(("Content-Type".into(), "application/json".into()));
     h
 }

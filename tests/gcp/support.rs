@@ -302,9 +302,7 @@ pub async fn spawn_worker(env: &GcpEnv, slack_url: Option<String>) -> Running<()
 }
 
 pub fn github_headers(body: &[u8], event: &str, delivery: &str) -> Vec<(String, String)> {
-    let mut h = Provider::Github.sign(GITHUB_SECRET, body, Utc::now());
-    h.push(("X-GitHub-Event".into(), event.into()));
-    h.push(("X-GitHub-Delivery".into(), delivery.into()));
+    let mut h = Provider::Github.sign(GITHUB_SECRET, body, Utc::now(), delivery, event);
     h.push(("Content-Type".into(), "application/json".into()));
     h
 }

@@ -1,32 +1,14 @@
-//! Flexport: `X-Hub-Signature` carrying a hex HMAC-SHA1 of the raw body, with or without a
-//! `sha1=` prefix. The event's `id` and `type` are in the JSON body.
+//! Flexport: `X-Hub-Signature`, hex HMAC-SHA1 of the raw body with or without `sha1=` (a
+//! preset of the generic scheme). The event's `id` and `type` are in the JSON body.
 
-use secrecy::SecretString;
+use std::sync::LazyLock;
+
 use serde_json::{Map, Value};
 
-use super::{
-    Algorithm, DeliveryIdOrigin, Described, HeaderLookup, SignatureError, Verified, described,
-    json_id, single,
-};
+use super::scheme::{HmacScheme, Preset};
+use super::{DeliveryIdOrigin, Described, described, json_id};
 
-pub(super) const SIG: &str = "X-Hub-Signature";
-
-pub(super) fn verify(
-    secrets: &[SecretString],
-    headers: &(impl HeaderLookup + ?Sized),
-    body: &[u8],
-) -> Result<Verified, SignatureError> {
-    let header = single(headers, SIG)?.ok_or(SignatureError::MissingHeader(SIG))?;
-    let hex_sig = header.strip_prefix("sha1=").unwrap_or(header);
-    let expected = hex::decode(hex_sig).map_err(|_| SignatureError::MalformedHeader(SIG))?;
-    Algorithm::Sha1
-        .matching_secret(secrets, &[body], &expected)
-        .map(|key_index| Verified {
-            key_index,
-            scheme: "sha1",
-        })
-        .ok_or(SignatureError::Mismatch)
-}
+pub(super) static SCHEME: LazyLock<HmacScheme> = LazyLock::new(|| Preset::Flexport.scheme());
 
 pub(super) fn describe(json: Option<Map<String, Value>>, body: &[u8]) -> Described {
     let event_type = json

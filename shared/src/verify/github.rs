@@ -1,49 +1,44 @@
-//! GitHub: `X-Hub-Signature-256: sha256=<hex>` over the raw body, falling back to the legacy
-//! `X-Hub-Signature: sha1=<hex>` only when the SHA-256 header is absent (a present but wrong
-//! SHA-256 signature is never rescued by the weaker one).
+//! GitHub: `X-Hub-Signature-256` (the SHA-256 preset), falling back to the legacy
+//! `X-Hub-Signature` (SHA-1) only when the SHA-256 header is absent — a present but wrong
+//! SHA-256 signature is never rescued by the weaker one. Event in `X-GitHub-Event`, delivery
+//! id in `X-GitHub-Delivery` (kept by GitHub's redeliveries).
 
+use std::sync::LazyLock;
+
+use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
-use super::{
-    Algorithm, DeliveryIdOrigin, Described, HeaderLookup, SignatureError, Verified, described,
-    single,
-};
+use super::scheme::{HmacScheme, Preset};
+use super::{DeliveryIdOrigin, Described, HeaderLookup, SignatureError, Verified, header_text};
 
-pub(super) const SIG256: &str = "X-Hub-Signature-256";
-pub(super) const SIG1: &str = "X-Hub-Signature";
-const EVENT: &str = "X-GitHub-Event";
-const DELIVERY: &str = "X-GitHub-Delivery";
+static SHA256: LazyLock<HmacScheme> = LazyLock::new(|| Preset::GithubSha256.scheme());
+static SHA1: LazyLock<HmacScheme> = LazyLock::new(|| Preset::GithubSha1.scheme());
+pub(super) const EVENT: &str = "X-GitHub-Event";
+pub(super) const DELIVERY: &str = "X-GitHub-Delivery";
 
 pub(super) fn verify(
     secrets: &[SecretString],
     headers: &(impl HeaderLookup + ?Sized),
     body: &[u8],
+    now: DateTime<Utc>,
 ) -> Result<Verified, SignatureError> {
-    let (header, prefix, algorithm, scheme) = match single(headers, SIG256)? {
-        Some(value) => (value, "sha256=", Algorithm::Sha256, "sha256"),
-        None => match single(headers, SIG1)? {
-            Some(value) => (value, "sha1=", Algorithm::Sha1, "sha1"),
-            None => return Err(SignatureError::MissingHeader(SIG256)),
-        },
-    };
-    let name = if scheme == "sha256" { SIG256 } else { SIG1 };
-    let hex_sig = header
-        .strip_prefix(prefix)
-        .ok_or(SignatureError::MalformedHeader(name))?;
-    let expected = hex::decode(hex_sig).map_err(|_| SignatureError::MalformedHeader(name))?;
-    algorithm
-        .matching_secret(secrets, &[body], &expected)
-        .map(|key_index| Verified { key_index, scheme })
-        .ok_or(SignatureError::Mismatch)
+    if !SHA256.present(headers) && SHA1.present(headers) {
+        return SHA1.verify(secrets, headers, body, now);
+    }
+    SHA256.verify(secrets, headers, body, now)
 }
 
 pub(super) fn describe(headers: &(impl HeaderLookup + ?Sized), body: &[u8]) -> Described {
-    let text = |name| {
-        single(headers, name)
-            .ok()
-            .flatten()
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned)
-    };
-    described(text(EVENT), text(DELIVERY), DeliveryIdOrigin::Header, body)
+    super::described(
+        header_text(headers, EVENT),
+        header_text(headers, DELIVERY),
+        DeliveryIdOrigin::Header,
+        body,
+    )
+}
+
+pub(super) fn sign(secret: &str, body: &[u8], now: DateTime<Utc>) -> Vec<(String, String)> {
+    let mut h = SHA256.sign(secret, body, now);
+    h.extend(SHA1.sign(secret, body, now));
+    h
 }

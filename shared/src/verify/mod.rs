@@ -14,14 +14,20 @@
 mod algorithm;
 mod flexport;
 mod github;
+pub mod scheme;
 mod shared_secret;
+mod shopify;
 mod slack;
+pub mod standard_webhooks;
+pub mod stripe;
+mod window;
 
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 
-pub use algorithm::Algorithm;
+pub use algorithm::{Algorithm, Encoding};
+pub use scheme::{HmacScheme, Preset, Template, Timestamped};
 
 /// Read access to request headers, case-insensitively, with every value of a repeated header.
 pub trait HeaderLookup {
@@ -49,11 +55,11 @@ impl<const N: usize> HeaderLookup for [(&str, &str); N] {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
     #[error("required header `{0}` is missing")]
-    MissingHeader(&'static str),
+    MissingHeader(String),
     #[error("header `{0}` was sent more than once")]
-    DuplicateHeader(&'static str),
+    DuplicateHeader(String),
     #[error("header `{0}` is malformed")]
-    MalformedHeader(&'static str),
+    MalformedHeader(String),
     #[error("timestamp is {age_secs}s old, outside the {tolerance_secs}s window")]
     StaleTimestamp { age_secs: i64, tolerance_secs: i64 },
     #[error("timestamp is {ahead_secs}s in the future, outside the {tolerance_secs}s window")]
@@ -123,24 +129,29 @@ pub struct InvalidIdentifier(pub &'static str);
 /// The provider kinds a source can be configured with, and their settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Provider {
-    /// `X-Hub-Signature-256` (HMAC-SHA256, hex, `sha256=` prefix), falling back to the legacy
-    /// `X-Hub-Signature` (HMAC-SHA1) when the former is absent.
+    /// `X-Hub-Signature-256`, falling back to the legacy `X-Hub-Signature` when it is absent.
     Github,
     /// `X-Hub-Signature`: HMAC-SHA1, hex, with or without the `sha1=` prefix.
     Flexport,
-    /// Slack's v0 signing: HMAC-SHA256 over `v0:{timestamp}:{body}`.
-    Slack {
-        /// Accepted clock difference, both ways. Slack recommends five minutes.
-        tolerance_secs: i64,
-    },
-    /// A secret sent verbatim in a header, compared in constant time (the pattern of Google's
-    /// Cloud Run webhook guide).
+    /// `X-Shopify-Hmac-Sha256`: base64 HMAC-SHA256 of the body.
+    Shopify,
+    /// Slack's v0 signing over `v0:{timestamp}:{body}`, within `tolerance_secs` both ways.
+    Slack { tolerance_secs: i64 },
+    /// `Stripe-Signature: t=...,v1=...`, HMAC-SHA256 over `{t}.{body}`.
+    Stripe { tolerance_secs: i64 },
+    /// Standard Webhooks / Svix: HMAC-SHA256 over `{id}.{timestamp}.{body}`.
+    StandardWebhooks { tolerance_secs: i64 },
+    /// A secret sent verbatim in a header, compared in constant time (the pattern of
+    /// Google's Cloud Run webhook guide).
     SharedSecret {
-        /// The header that carries the secret.
         header: String,
-        /// A header holding the sender's delivery id, if it sends one.
         delivery_id_header: Option<String>,
-        /// A header holding the event type, if the sender names one.
+        event_type_header: Option<String>,
+    },
+    /// Any HMAC scheme: header, digest, encoding, prefix, optional signed timestamp.
+    Hmac {
+        scheme: HmacScheme,
+        delivery_id_header: Option<String>,
         event_type_header: Option<String>,
     },
 }
@@ -151,12 +162,17 @@ impl Provider {
         match self {
             Self::Github => "github",
             Self::Flexport => "flexport",
+            Self::Shopify => "shopify",
             Self::Slack { .. } => "slack",
+            Self::Stripe { .. } => "stripe",
+            Self::StandardWebhooks { .. } => "standard_webhooks",
             Self::SharedSecret { .. } => "shared_secret",
+            Self::Hmac { .. } => "hmac",
         }
     }
 
-    /// Checks the request's signature against every secret.
+    /// Checks the request's signature against every secret. `now` is when the request was
+    /// received: replay windows are measured from it.
     ///
     /// # Errors
     /// A [`SignatureError`] naming what is wrong; the request must be refused with 401.
@@ -168,12 +184,22 @@ impl Provider {
         now: DateTime<Utc>,
     ) -> Result<Verified, SignatureError> {
         match self {
-            Self::Github => github::verify(secrets, headers, body),
-            Self::Flexport => flexport::verify(secrets, headers, body),
-            Self::Slack { tolerance_secs } => {
-                slack::verify(secrets, headers, body, now, *tolerance_secs)
+            Self::Github => github::verify(secrets, headers, body, now),
+            Self::Flexport => flexport::SCHEME.verify(secrets, headers, body, now),
+            Self::Shopify => shopify::SCHEME.verify(secrets, headers, body, now),
+            Self::Slack { tolerance_secs } => Preset::Slack {
+                tolerance_secs: *tolerance_secs,
+            }
+            .scheme()
+            .verify(secrets, headers, body, now),
+            Self::Stripe { tolerance_secs } => {
+                stripe::verify(secrets, headers, body, now, *tolerance_secs)
+            }
+            Self::StandardWebhooks { tolerance_secs } => {
+                standard_webhooks::verify(secrets, headers, body, now, *tolerance_secs)
             }
             Self::SharedSecret { header, .. } => shared_secret::verify(secrets, headers, header),
+            Self::Hmac { scheme, .. } => scheme.verify(secrets, headers, body, now),
         }
     }
 
@@ -193,16 +219,28 @@ impl Provider {
         let described = match self {
             Self::Github => github::describe(headers, body),
             Self::Flexport => flexport::describe(json(), body),
+            Self::Shopify => shopify::describe(headers, body),
             Self::Slack { .. } => slack::describe(json(), body),
+            Self::Stripe { .. } => stripe::describe(json(), body),
+            Self::StandardWebhooks { .. } => standard_webhooks::describe(headers, json(), body),
             Self::SharedSecret {
                 delivery_id_header,
                 event_type_header,
                 ..
-            } => shared_secret::describe(
-                headers,
+            }
+            | Self::Hmac {
+                delivery_id_header,
+                event_type_header,
+                ..
+            } => described(
+                event_type_header
+                    .as_deref()
+                    .and_then(|h| header_text(headers, h)),
+                delivery_id_header
+                    .as_deref()
+                    .and_then(|h| header_text(headers, h)),
+                DeliveryIdOrigin::Header,
                 body,
-                delivery_id_header.as_deref(),
-                event_type_header.as_deref(),
             ),
         };
         check_identifier(&described.delivery_id, "delivery_id")?;
@@ -212,43 +250,63 @@ impl Provider {
         Ok(described)
     }
 
-    /// Names of the headers this provider reads, for the `send` tool and documentation.
-    pub fn signature_headers(&self) -> Vec<String> {
+    /// The headers this provider would send for `body`, signed with `secret`, including
+    /// the headers that carry the delivery id and event type where the provider has them.
+    /// What the `send` subcommand and the tests use to act as a provider.
+    pub fn sign(
+        &self,
+        secret: &str,
+        body: &[u8],
+        now: DateTime<Utc>,
+        delivery_id: &str,
+        event: &str,
+    ) -> Vec<(String, String)> {
+        let optional = |h: &Option<String>, v: &str| h.as_ref().map(|h| (h.clone(), v.to_owned()));
         match self {
-            Self::Github => vec![github::SIG256.into(), github::SIG1.into()],
-            Self::Flexport => vec![flexport::SIG.into()],
-            Self::Slack { .. } => vec![slack::SIG.into(), slack::TIMESTAMP.into()],
-            Self::SharedSecret { header, .. } => vec![header.clone()],
-        }
-    }
-
-    /// Produces the headers a provider would send for `body`, signed with `secret`: what the
-    /// `send` subcommand and the tests use to act as a provider.
-    pub fn sign(&self, secret: &str, body: &[u8], now: DateTime<Utc>) -> Vec<(String, String)> {
-        match self {
-            Self::Github => vec![
-                (
-                    github::SIG256.into(),
-                    format!("sha256={}", Algorithm::Sha256.hex(secret, &[body])),
-                ),
-                (
-                    github::SIG1.into(),
-                    format!("sha1={}", Algorithm::Sha1.hex(secret, &[body])),
-                ),
-            ],
-            Self::Flexport => vec![(
-                flexport::SIG.into(),
-                format!("sha1={}", Algorithm::Sha1.hex(secret, &[body])),
-            )],
-            Self::Slack { .. } => {
-                let ts = now.timestamp().to_string();
-                let sig = Algorithm::Sha256.hex(secret, &[b"v0:", ts.as_bytes(), b":", body]);
-                vec![
-                    (slack::SIG.into(), format!("v0={sig}")),
-                    (slack::TIMESTAMP.into(), ts),
-                ]
+            Self::Github => {
+                let mut h = github::sign(secret, body, now);
+                h.push((github::EVENT.into(), event.into()));
+                h.push((github::DELIVERY.into(), delivery_id.into()));
+                h
             }
-            Self::SharedSecret { header, .. } => vec![(header.clone(), secret.to_string())],
+            Self::Flexport => flexport::SCHEME.sign(secret, body, now),
+            Self::Shopify => {
+                let mut h = shopify::SCHEME.sign(secret, body, now);
+                h.push((shopify::TOPIC.into(), event.into()));
+                h.push((shopify::WEBHOOK_ID.into(), delivery_id.into()));
+                h
+            }
+            Self::Slack { tolerance_secs } => Preset::Slack {
+                tolerance_secs: *tolerance_secs,
+            }
+            .scheme()
+            .sign(secret, body, now),
+            Self::Stripe { .. } => stripe::sign(secret, body, now),
+            Self::StandardWebhooks { .. } => {
+                standard_webhooks::sign(secret, body, now, delivery_id)
+            }
+            Self::SharedSecret {
+                header,
+                delivery_id_header,
+                event_type_header,
+            } => [Some((header.clone(), secret.to_owned()))]
+                .into_iter()
+                .chain([
+                    optional(delivery_id_header, delivery_id),
+                    optional(event_type_header, event),
+                ])
+                .flatten()
+                .collect(),
+            Self::Hmac {
+                scheme,
+                delivery_id_header,
+                event_type_header,
+            } => {
+                let mut h = scheme.sign(secret, body, now);
+                h.extend(optional(delivery_id_header, delivery_id));
+                h.extend(optional(event_type_header, event));
+                h
+            }
         }
     }
 }
@@ -256,29 +314,25 @@ impl Provider {
 /// The one value of a header that must not repeat; `None` when absent.
 fn single<'h>(
     headers: &'h (impl HeaderLookup + ?Sized),
-    name: &'static str,
-) -> Result<Option<&'h str>, SignatureError> {
-    match headers.values(name).as_slice() {
-        [] => Ok(None),
-        [one] => std::str::from_utf8(one)
-            .map(|s| Some(s.trim()))
-            .map_err(|_| SignatureError::MalformedHeader(name)),
-        _ => Err(SignatureError::DuplicateHeader(name)),
-    }
-}
-
-/// Like [`single`] for a header whose name is configured at run time.
-fn single_dynamic<'h>(
-    headers: &'h (impl HeaderLookup + ?Sized),
     name: &str,
 ) -> Result<Option<&'h str>, SignatureError> {
     match headers.values(name).as_slice() {
         [] => Ok(None),
         [one] => std::str::from_utf8(one)
             .map(|s| Some(s.trim()))
-            .map_err(|_| SignatureError::MalformedHeader("configured header")),
-        _ => Err(SignatureError::DuplicateHeader("configured header")),
+            .map_err(|_| SignatureError::MalformedHeader(name.to_owned())),
+        _ => Err(SignatureError::DuplicateHeader(name.to_owned())),
     }
+}
+
+/// A header's text for metadata (event type, delivery id): absent, empty, repeated or
+/// non-UTF-8 values count as not sent.
+fn header_text(headers: &(impl HeaderLookup + ?Sized), name: &str) -> Option<String> {
+    single(headers, name)
+        .ok()
+        .flatten()
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
 }
 
 /// Parses the body as a JSON object when it claims to be (or looks like) JSON.

@@ -6,17 +6,15 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{
-    DeliveryIdOrigin, Described, HeaderLookup, SignatureError, Verified, described, single_dynamic,
-};
+use super::{HeaderLookup, SignatureError, Verified, single};
 
 pub(super) fn verify(
     secrets: &[SecretString],
     headers: &(impl HeaderLookup + ?Sized),
     header: &str,
 ) -> Result<Verified, SignatureError> {
-    let presented = single_dynamic(headers, header)?
-        .ok_or(SignatureError::MissingHeader("configured header"))?;
+    let presented =
+        single(headers, header)?.ok_or_else(|| SignatureError::MissingHeader(header.to_owned()))?;
     let presented = Sha256::digest(presented.as_bytes());
     secrets
         .iter()
@@ -29,23 +27,4 @@ pub(super) fn verify(
             scheme: "shared_secret",
         })
         .ok_or(SignatureError::Mismatch)
-}
-
-pub(super) fn describe(
-    headers: &(impl HeaderLookup + ?Sized),
-    body: &[u8],
-    delivery_id_header: Option<&str>,
-    event_type_header: Option<&str>,
-) -> Described {
-    let text = |name: Option<&str>| {
-        name.and_then(|n| single_dynamic(headers, n).ok().flatten())
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned)
-    };
-    described(
-        text(event_type_header),
-        text(delivery_id_header),
-        DeliveryIdOrigin::Header,
-        body,
-    )
 }
