@@ -16,6 +16,15 @@ pub enum IngestError {
     TooLarge { limit: usize },
     #[error("the request body could not be read")]
     BodyRead(#[source] actix_web::error::PayloadError),
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
+    #[error("request headers exceed {max_headers} headers or {max_bytes} bytes")]
+    HeadersTooLarge {
+        max_headers: usize,
+        max_bytes: usize,
+    },
+    #[error("too many requests in progress")]
+    Overloaded { retry_after_secs: u32 },
     #[error("signature verification failed")]
     Signature(#[from] SignatureError),
     #[error("the request carries an unusable identifier")]
@@ -39,6 +48,9 @@ impl IngestError {
             Self::UnknownSource => "unknown_source",
             Self::TooLarge { .. } => "payload_too_large",
             Self::BodyRead(_) => "body_unreadable",
+            Self::BodyTimeout(_) => "body_timeout",
+            Self::HeadersTooLarge { .. } => "headers_too_large",
+            Self::Overloaded { .. } => "overloaded",
             Self::Signature(e) => e.code(),
             Self::Identifier(_) => "invalid_identifier",
             Self::Queue { .. } => "queue_unavailable",
@@ -67,7 +79,9 @@ impl ResponseError for IngestError {
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyRead(_) | Self::Identifier(_) => StatusCode::BAD_REQUEST,
             Self::Signature(_) => StatusCode::UNAUTHORIZED,
-            Self::Queue { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Queue { .. } | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -83,7 +97,8 @@ impl ResponseError for IngestError {
         match self {
             Self::Queue {
                 retry_after_secs, ..
-            } => {
+            }
+            | Self::Overloaded { retry_after_secs } => {
                 response.insert_header((RETRY_AFTER, retry_after_secs.to_string()));
             }
             Self::MethodNotAllowed => {

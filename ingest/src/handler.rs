@@ -1,8 +1,11 @@
 //! The webhook request path. Nothing here waits on anything but the body and the queue:
 //! verify, describe, publish, answer.
 
+use std::sync::Arc;
+
 use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{HttpRequest, HttpResponse, web};
+use hookline_shared::config::ServerSettings;
 use hookline_shared::envelope::{Envelope, Metadata};
 use tracing::Instrument as _;
 
@@ -38,7 +41,19 @@ pub async fn receive(
             .sources
             .get(source.as_str())
             .ok_or(IngestError::UnknownSource)?;
-        let body = read_limited(&req, payload, state.server.max_body_bytes).await?;
+        check_headers(&req, &state.server)?;
+        let _permit = Arc::clone(&state.permits)
+            .try_acquire_owned()
+            .map_err(|_| IngestError::Overloaded {
+                retry_after_secs: state.server.retry_after_secs,
+            })?;
+        let read_timeout = state.server.body_read_timeout();
+        let body = tokio::time::timeout(
+            read_timeout,
+            read_limited(&req, payload, state.server.max_body_bytes),
+        )
+        .await
+        .map_err(|_| IngestError::BodyTimeout(read_timeout))??;
         let headers = RequestHeaders(req.headers());
         let proof = source
             .provider
@@ -91,7 +106,13 @@ pub async fn receive(
             .await
             .map_err(|_| queue_error(hookline_shared::queue::QueueError::Timeout(timeout)))?
             .map_err(queue_error)?;
-        tracing::info!(%message_id, bytes = envelope.body.len(), "accepted");
+        tracing::info!(
+            %message_id,
+            bytes = envelope.body.len(),
+            key_index = proof.key_index(),
+            scheme = proof.scheme(),
+            "accepted"
+        );
         Ok(HttpResponse::Ok().json(serde_json::json!({
             "status": "accepted",
             "delivery_id": envelope.meta.delivery_id,
@@ -100,6 +121,22 @@ pub async fn receive(
     }
     .instrument(span)
     .await
+}
+
+/// Refuses requests whose headers are beyond what any provider sends.
+fn check_headers(req: &HttpRequest, limits: &ServerSettings) -> Result<(), IngestError> {
+    let headers = req.headers();
+    let bytes: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if headers.len() > limits.max_headers || bytes > limits.max_header_bytes {
+        return Err(IngestError::HeadersTooLarge {
+            max_headers: limits.max_headers,
+            max_bytes: limits.max_header_bytes,
+        });
+    }
+    Ok(())
 }
 
 /// The caller's request id when it is a sane token, otherwise a new one.

@@ -35,6 +35,7 @@ pub async fn run(
     workers: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let header_timeout = Duration::from_millis(state.server.header_read_timeout_ms);
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()
@@ -44,6 +45,7 @@ pub async fn run(
     })
     .workers(workers.max(1))
     .disable_signals()
+    .client_request_timeout(header_timeout)
     .shutdown_timeout(DRAIN.as_secs())
     .listen(listener)?
     .run();

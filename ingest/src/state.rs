@@ -6,6 +6,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use hookline_shared::config::{ServerSettings, Source};
 use hookline_shared::queue::Publisher;
+use tokio::sync::Semaphore;
 
 /// The time source; tests substitute a fixed clock to exercise replay windows.
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
@@ -17,6 +18,8 @@ pub struct AppState {
     pub publisher: Arc<dyn Publisher>,
     pub server: Arc<ServerSettings>,
     pub clock: Clock,
+    /// One permit per webhook request in progress (`server.max_concurrent_requests`).
+    pub permits: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -37,6 +40,7 @@ impl AppState {
         Self {
             sources: Arc::new(sources),
             publisher,
+            permits: Arc::new(Semaphore::new(server.max_concurrent_requests)),
             server: Arc::new(server),
             clock: Arc::new(hookline_shared::envelope::now_millis),
         }

@@ -74,6 +74,17 @@ pub struct ServerSettings {
     pub publish_timeout_ms: u64,
     /// The `Retry-After` sent with 503 answers.
     pub retry_after_secs: u32,
+    /// A body not fully received within this is refused with 408 (slow senders).
+    pub body_read_timeout_ms: u64,
+    /// Request line and headers not received within this: the connection gets 408.
+    pub header_read_timeout_ms: u64,
+    /// More request headers than this, or more header bytes than `max_header_bytes`: 431.
+    /// Providers send a few dozen headers of a few KB at most.
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+    /// Webhook requests handled at once per process; beyond it, 503 + `Retry-After` rather
+    /// than an unbounded backlog.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for ServerSettings {
@@ -84,6 +95,11 @@ impl Default for ServerSettings {
             max_body_bytes: 10 * 1024 * 1024,
             publish_timeout_ms: 5_000,
             retry_after_secs: 5,
+            body_read_timeout_ms: 10_000,
+            header_read_timeout_ms: 5_000,
+            max_headers: 64,
+            max_header_bytes: 16 * 1024,
+            max_concurrent_requests: 512,
         }
     }
 }
@@ -91,6 +107,10 @@ impl Default for ServerSettings {
 impl ServerSettings {
     pub fn publish_timeout(&self) -> Duration {
         Duration::from_millis(self.publish_timeout_ms)
+    }
+
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
     }
 }
 
@@ -564,8 +584,10 @@ impl Settings {
         if self.worker.concurrency == 0 {
             return invalid("worker.concurrency must be at least 1");
         }
-        if self.server.max_body_bytes == 0 {
-            return invalid("server.max_body_bytes must be at least 1");
+        if self.server.max_body_bytes == 0 || self.server.max_concurrent_requests == 0 {
+            return invalid(
+                "server.max_body_bytes and server.max_concurrent_requests must be at least 1",
+            );
         }
         for name in self.sources.keys() {
             let ok = (1..=63).contains(&name.len())

@@ -272,3 +272,58 @@ async fn slack_challenge_is_echoed_only_when_signed_and_never_enqueued() {
     assert_eq!(env.queue_depth().await, (1, 0));
     ingest.stop().await;
 }
+
+#[tokio::test]
+async fn a_slow_sender_gets_408_and_enqueues_nothing() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut env = TestEnv::new();
+    env.settings.server.body_read_timeout_ms = 300;
+    let ingest = spawn_ingest(&env, Arc::new(env.queue())).await;
+    let addr = ingest.url.trim_start_matches("http://").to_owned();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // Promise 100 bytes, send 10, then stall.
+    conn.write_all(
+        format!("POST /hooks/gh HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 100\r\nX-Hub-Signature-256: sha256=00\r\n\r\n0123456789").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut answer))
+        .await
+        .expect("the server must answer a stalled body, not wait forever")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+    assert_eq!(env.queue_depth().await, (0, 0));
+    ingest.stop().await;
+}
+
+#[tokio::test]
+async fn beyond_the_concurrency_cap_requests_get_503_not_a_backlog() {
+    let mut env = TestEnv::new();
+    env.settings.server.max_concurrent_requests = 1;
+    env.settings.server.publish_timeout_ms = 1_500;
+    let ingest = spawn_ingest(&env, Arc::new(HangingQueue)).await;
+    let url = format!("{}/hooks/gh", ingest.url);
+    let body = ISSUES_OPENED.as_bytes().to_vec();
+    let headers = github_headers(GITHUB_SECRET, &body, "issues", "cap-1");
+    // The first request holds the only permit while its publish hangs...
+    let first = tokio::spawn({
+        let (url, headers, body) = (url.clone(), headers.clone(), body.clone());
+        async move { post(&url, &headers, body).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...so the second is refused at once.
+    let started = std::time::Instant::now();
+    let (status, json, resp_headers) = post(&url, &headers, body).await;
+    assert_eq!((status, json["error"].as_str()), (503, Some("overloaded")));
+    assert_eq!(resp_headers["retry-after"], "5");
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert_eq!(
+        first.await.unwrap().0,
+        503,
+        "the first one times out on the queue"
+    );
+    ingest.stop().await;
+}
