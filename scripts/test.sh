@@ -4,7 +4,8 @@
 # 1. Formatting and lints.
 # 2. Installs (if missing) and starts the Google Cloud emulators the `gcp` tests need:
 #    Google's Pub/Sub emulator, fake-gcs-server and bqemulator (scripts/emulators.sh).
-# 3. Runs every test: unit, end-to-end on the embedded engines, end-to-end on the emulators.
+# 3. Runs every test: unit, property, hostile input, end-to-end on the embedded engines and
+#    on the emulators; then each fuzz target for a few seconds.
 # 4. Stops the emulators it started, even when a test fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,3 +26,6 @@ source target/emulators/env
 
 echo "==> tests"
 cargo test --workspace --locked
+
+echo "==> fuzz targets (bounded)"
+scripts/fuzz.sh 15

@@ -22,7 +22,7 @@ struct Cli {
     /// Configuration file (TOML). Default: $HOOKLINE_CONFIG, else ./hookline.toml if present.
     #[arg(long, global = true, env = "HOOKLINE_CONFIG")]
     config: Option<PathBuf>,
-    /// Log format: `pretty` for terminals, `json` for log collectors.
+    /// Log format: `pretty` for terminals, `json` for log collectors, `gcp` for Cloud Logging.
     #[arg(
         long,
         global = true,
@@ -54,8 +54,14 @@ async fn main() -> anyhow::Result<()> {
     // ring); name the process default so no TLS client has to guess.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
-    let settings = Settings::load(cli.config.as_deref())?;
+    let settings = Settings::load(cli.config.as_deref());
+    let project = settings
+        .as_ref()
+        .ok()
+        .map(|s| s.gcp.project.clone())
+        .filter(|p| !p.is_empty());
+    telemetry::init(cli.log_format, project);
+    let settings = settings?;
     match cli.command {
         Command::Dev => commands::serve::dev(settings).await,
         Command::Ingest => commands::serve::ingest(settings, shutdown::signal()).await,

@@ -35,7 +35,11 @@ pub async fn receive(
         source = %source,
         delivery_id = tracing::field::Empty,
         event_type = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
     );
+    if let Some(trace) = trace_id(&req) {
+        span.record("trace_id", trace.as_str());
+    }
     async move {
         let source = state
             .sources
@@ -137,6 +141,18 @@ fn check_headers(req: &HttpRequest, limits: &ServerSettings) -> Result<(), Inges
         });
     }
     Ok(())
+}
+
+/// The trace id from W3C `traceparent` (`00-<trace>-<span>-<flags>`) or Google's
+/// `X-Cloud-Trace-Context` (`<trace>/<span>;o=1`), for Cloud Logging's trace field.
+pub fn trace_id(req: &HttpRequest) -> Option<String> {
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let trace = if let Some(tp) = header("traceparent") {
+        tp.split('-').nth(1)?
+    } else {
+        header("x-cloud-trace-context")?.split('/').next()?
+    };
+    (trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit())).then(|| trace.to_owned())
 }
 
 /// The caller's request id when it is a sane token, otherwise a new one.

@@ -6,6 +6,7 @@
 //! that on one machine, so the worker's logic is the same on both.
 
 pub mod embedded;
+#[cfg(feature = "gcp")]
 pub mod pubsub;
 
 use std::collections::BTreeMap;
