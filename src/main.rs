@@ -65,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Dev => commands::serve::dev(settings).await,
         Command::Ingest => commands::serve::ingest(settings, shutdown::signal()).await,
-        Command::Worker => commands::serve::worker(settings, shutdown::signal()).await,
+        Command::Worker => commands::serve::worker(settings, true, shutdown::signal()).await,
         Command::Send(args) => commands::send::run(&settings, args).await,
         Command::Provision => commands::provision::run(&settings).await,
     }

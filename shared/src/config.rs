@@ -353,6 +353,45 @@ pub struct WorkerSettings {
     pub sink_retries: usize,
     pub sink_retry_min_ms: u64,
     pub sink_retry_max_ms: u64,
+    /// `pull`: stream from the subscription (Cloud Run: CPU always allocated, min instances
+    /// >= 1). `push`: Pub/Sub pushes each message to `POST /pubsub/push`.
+    pub mode: WorkerMode,
+    pub push: PushSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerMode {
+    #[default]
+    Pull,
+    Push,
+}
+
+/// How push requests are authenticated: the OIDC token Pub/Sub attaches, signed by Google.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushSettings {
+    /// The audience the push subscription puts in its tokens (the worker's URL).
+    pub audience: String,
+    /// The push service account; tokens for any other identity are refused.
+    pub service_account_email: String,
+    pub issuer: String,
+    /// Where Google's signing keys are published (tests point it at a local key set).
+    pub jwks_url: String,
+    /// Off only for the Pub/Sub emulator, which attaches no token.
+    pub verify_token: bool,
+}
+
+impl Default for PushSettings {
+    fn default() -> Self {
+        Self {
+            audience: String::new(),
+            service_account_email: String::new(),
+            issuer: "https://accounts.google.com".into(),
+            jwks_url: "https://www.googleapis.com/oauth2/v3/certs".into(),
+            verify_token: true,
+        }
+    }
 }
 
 impl Default for WorkerSettings {
@@ -363,6 +402,8 @@ impl Default for WorkerSettings {
             sink_retries: 3,
             sink_retry_min_ms: 100,
             sink_retry_max_ms: 2_000,
+            mode: WorkerMode::Pull,
+            push: PushSettings::default(),
         }
     }
 }
@@ -564,6 +605,17 @@ impl Settings {
             if self.archive.backend != ArchiveBackend::Gcs {
                 return invalid(
                     "queue.backend = \"pubsub\" needs archive.backend = \"gcs\": bodies too large for a Pub/Sub message are stored there as claim checks",
+                );
+            }
+        }
+        if self.worker.mode == WorkerMode::Push {
+            if self.queue.backend != QueueBackend::Pubsub {
+                return invalid("worker.mode = \"push\" needs queue.backend = \"pubsub\"");
+            }
+            let p = &self.worker.push;
+            if p.verify_token && (p.audience.is_empty() || p.service_account_email.is_empty()) {
+                return invalid(
+                    "worker.mode = \"push\" needs worker.push.audience and worker.push.service_account_email",
                 );
             }
         }

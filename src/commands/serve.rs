@@ -8,8 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use hookline::engines::{open_publisher, open_subscriber};
 use hookline_ingest::AppState;
-use hookline_shared::config::Settings;
+use hookline_shared::config::{Settings, WorkerMode};
+use hookline_shared::queue::pubsub::{Connection, DeadLetterTopic};
 use hookline_worker::Pipeline;
+use hookline_worker::push::PushState;
+use hookline_worker::push::oidc::OidcVerifier;
 use secrecy::SecretString;
 
 /// What the worker may spend finishing in-flight messages after SIGTERM (Cloud Run: 10 s).
@@ -45,7 +48,14 @@ pub async fn ingest(
         .context("ingest server failed")
 }
 
-pub async fn worker(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// The worker: the pull loop (pull mode) or the push endpoint (push mode), and in both
+/// modes `/healthz` on `PORT`, which Cloud Run requires. `serve_http` is off in `dev`,
+/// where ingest already holds the port.
+pub async fn worker(
+    settings: Settings,
+    serve_http: bool,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let slack_url = std::env::var(&settings.slack.webhook_url_env)
         .ok()
         .filter(|v| !v.is_empty())
@@ -53,25 +63,83 @@ pub async fn worker(settings: Settings, shutdown: impl Future<Output = ()>) -> a
     if slack_url.is_none() {
         tracing::info!(var = %settings.slack.webhook_url_env, "no Slack webhook URL set; Slack messages will be logged");
     }
-    let pipeline = Pipeline::from_settings(&settings, slack_url)
-        .await
-        .context("building the sinks")?;
-    let subscriber = open_subscriber(&settings).await?;
+    let pipeline = Arc::new(
+        Pipeline::from_settings(&settings, slack_url)
+            .await
+            .context("building the sinks")?,
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let listener = if serve_http {
+        let addr = (settings.server.host.as_str(), settings.server.port);
+        Some(TcpListener::bind(addr).with_context(|| format!("binding {}:{}", addr.0, addr.1))?)
+    } else {
+        None
+    };
     tracing::info!(
+        mode = ?settings.worker.mode,
         queue = ?settings.queue.backend,
         archive = ?settings.archive.backend,
         warehouse = ?settings.warehouse.backend,
+        http = ?listener.as_ref().and_then(|l| l.local_addr().ok()),
         "worker running"
     );
-    hookline_worker::runner::run(
-        subscriber,
-        Arc::new(pipeline),
-        settings.worker.concurrency,
-        WORKER_DRAIN,
-        shutdown,
-    )
-    .await;
-    Ok(())
+    match settings.worker.mode {
+        WorkerMode::Pull => {
+            let subscriber = open_subscriber(&settings).await?;
+            let pulling = hookline_worker::runner::run(
+                subscriber,
+                pipeline,
+                settings.worker.concurrency,
+                WORKER_DRAIN,
+                stopped(stop_rx.clone()),
+            );
+            match listener {
+                Some(l) => {
+                    let (http, ()) = tokio::join!(
+                        hookline_worker::http::run(l, None, stopped(stop_rx)),
+                        pulling
+                    );
+                    http.context("worker HTTP server failed")
+                }
+                None => {
+                    pulling.await;
+                    Ok(())
+                }
+            }
+        }
+        WorkerMode::Push => {
+            let listener = listener.context("push mode needs the HTTP listener")?;
+            let connection = Connection::from_settings(&settings)?;
+            let dead_letter =
+                DeadLetterTopic::open(&connection, &settings.queue.pubsub.dead_letter_topic)
+                    .await
+                    .context("opening the dead-letter topic")?;
+            let push = &settings.worker.push;
+            let verifier = if push.verify_token {
+                Some(Arc::new(OidcVerifier::new(push.clone())))
+            } else {
+                tracing::warn!(
+                    "push tokens are NOT verified (worker.push.verify_token = false): emulator use only"
+                );
+                None
+            };
+            let state = PushState {
+                pipeline,
+                dead_letter,
+                verifier,
+            };
+            hookline_worker::http::run(listener, Some(state), stopped(stop_rx))
+                .await
+                .context("worker HTTP server failed")
+        }
+    }
 }
 
 /// Both services in one process; one signal stops both.
@@ -86,7 +154,7 @@ pub async fn dev(settings: Settings) -> anyhow::Result<()> {
     });
     let (ingest, worker) = tokio::join!(
         ingest(settings.clone(), stopped(rx.clone())),
-        worker(settings.clone(), stopped(rx)),
+        worker(settings.clone(), false, stopped(rx)),
     );
     ingest.and(worker)
 }

@@ -54,8 +54,9 @@ fn free_port() -> u16 {
 async fn separate_ingest_and_worker_processes_share_the_queue_across_a_worker_restart() {
     let env = TestEnv::new();
     let port = free_port();
+    let worker_port = free_port();
     let ingest = spawn(&env, "ingest", port);
-    let worker = spawn(&env, "worker", port);
+    let worker = spawn(&env, "worker", worker_port);
     let url = format!("http://127.0.0.1:{port}/hooks/gh");
     let client = reqwest::Client::new();
     assert!(
@@ -78,6 +79,15 @@ async fn separate_ingest_and_worker_processes_share_the_queue_across_a_worker_re
         .await
         .0
     };
+    assert!(
+        wait_for(Duration::from_secs(20), async || client
+            .get(format!("http://127.0.0.1:{worker_port}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200))
+        .await,
+        "the worker serves /healthz on its PORT, as Cloud Run requires"
+    );
     assert_eq!(send("p-0").await, 200);
     assert!(wait_for(Duration::from_secs(20), async || env.row_count() == 1).await);
 
@@ -87,7 +97,7 @@ async fn separate_ingest_and_worker_processes_share_the_queue_across_a_worker_re
     }
     assert_eq!(env.queue_depth().await, (3, 0), "waiting for the worker");
 
-    let worker = spawn(&env, "worker", port);
+    let worker = spawn(&env, "worker", worker_port);
     assert!(
         wait_for(Duration::from_secs(20), async || env.row_count() == 4).await,
         "rows after restart: {}",

@@ -7,4 +7,5 @@ mod analytics;
 mod dead_letter;
 mod pipeline;
 mod provisioning;
+mod push;
 mod support;

@@ -4,10 +4,15 @@
 //!   (ack, nack for redelivery, or dead-letter with the reason). Tests drive it directly.
 //! - [`retry`]: capped exponential in-process retries with full jitter, per sink.
 //! - [`runner`]: the pull loop with bounded concurrency and graceful shutdown.
-//! - [`sinks`]: the engines: `archive_local`, `warehouse_sqlite`, `slack`.
+//! - [`sinks`]: the engines: `archive_local` / `archive_gcs`, `warehouse_sqlite` /
+//!   `warehouse_bigquery`, `slack`.
+//! - [`http`]: `/healthz`, `/readyz` and, in push mode, [`push`]: `POST /pubsub/push` with
+//!   OIDC verification.
 #![forbid(unsafe_code)]
 
+pub mod http;
 pub mod pipeline;
+pub mod push;
 pub mod retry;
 pub mod runner;
 pub mod sinks;

@@ -264,19 +264,48 @@ type Received = google_cloud_pubsub::Result<(Message, Handler)>;
 #[derive(Debug)]
 pub struct PubSubSubscription {
     rx: Mutex<mpsc::Receiver<Received>>,
-    dead_letter: Option<DeadLetterTarget>,
+    dead_letter: Option<DeadLetterTopic>,
     shutdown: google_cloud_pubsub::subscriber::ShutdownToken,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// The dead-letter topic, for explicit forwarding of permanent failures (by the pull
+/// subscription's acker, and by the worker's push endpoint).
 #[derive(Clone)]
-struct DeadLetterTarget {
+pub struct DeadLetterTopic {
     publisher: PsPublisher,
 }
 
-impl std::fmt::Debug for DeadLetterTarget {
+impl std::fmt::Debug for DeadLetterTopic {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DeadLetterTarget")
+        f.write_str("DeadLetterTopic")
+    }
+}
+
+impl DeadLetterTopic {
+    /// # Errors
+    /// Pub/Sub is unreachable, or the topic is missing.
+    pub async fn open(connection: &Connection, topic: &str) -> Result<Self, QueueError> {
+        let admin = connection.topic_admin().await?;
+        connection.check_topic(&admin, topic).await?;
+        Ok(Self {
+            publisher: connection.publisher(topic, Duration::from_secs(30)).await?,
+        })
+    }
+
+    /// Publishes the message with the reason's attributes and waits for the message id.
+    ///
+    /// # Errors
+    /// The publish failed; the caller must not acknowledge the original.
+    pub async fn publish(
+        &self,
+        body: Bytes,
+        attributes: &BTreeMap<String, String>,
+        reason: &DeadLetter,
+    ) -> Result<String, QueueError> {
+        let mut attributes = attributes.clone();
+        reason.annotate(&mut attributes);
+        publish_raw(&self.publisher, message(body, &attributes)).await
     }
 }
 
@@ -294,13 +323,7 @@ impl PubSubSubscription {
         dead_letter_topic: Option<&str>,
     ) -> Result<Self, QueueError> {
         let dead_letter = match dead_letter_topic {
-            Some(topic) => {
-                let admin = connection.topic_admin().await?;
-                connection.check_topic(&admin, topic).await?;
-                Some(DeadLetterTarget {
-                    publisher: connection.publisher(topic, Duration::from_secs(30)).await?,
-                })
-            }
+            Some(topic) => Some(DeadLetterTopic::open(connection, topic).await?),
             None => None,
         };
         let client = connection.subscriber().await?;
@@ -398,7 +421,7 @@ struct PubSubAcker {
     handler: Handler,
     body: Bytes,
     attributes: BTreeMap<String, String>,
-    dead_letter: Option<DeadLetterTarget>,
+    dead_letter: Option<DeadLetterTopic>,
 }
 
 impl std::fmt::Debug for PubSubAcker {
@@ -425,11 +448,11 @@ impl Acker for PubSubAcker {
             self.handler.nack();
             return Ok(());
         };
-        let mut attributes = self.attributes.clone();
-        reason.annotate(&mut attributes);
         // Acknowledge only once the dead-letter topic holds it; on failure the handler is
         // dropped (a nack) and the message comes back.
-        publish_raw(&target.publisher, message(self.body.clone(), &attributes)).await?;
+        target
+            .publish(self.body.clone(), &self.attributes, &reason)
+            .await?;
         self.handler.ack();
         Ok(())
     }
