@@ -7,6 +7,7 @@ use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{HttpRequest, HttpResponse, web};
 use hookline_shared::config::ServerSettings;
 use hookline_shared::envelope::{Envelope, Metadata};
+use hookline_shared::metrics;
 use tracing::Instrument as _;
 
 use crate::body::read_limited;
@@ -40,7 +41,13 @@ pub async fn receive(
     if let Some(trace) = trace_id(&req) {
         span.record("trace_id", trace.as_str());
     }
-    async move {
+    // Only configured names become label values: paths are attacker-controlled.
+    let label = if state.sources.contains_key(source.as_str()) {
+        source.as_str().to_owned()
+    } else {
+        "unknown".to_owned()
+    };
+    let result = async move {
         let source = state
             .sources
             .get(source.as_str())
@@ -106,10 +113,12 @@ pub async fn receive(
             retry_after_secs: state.server.retry_after_secs,
         };
         let timeout = state.server.publish_timeout();
+        let started = std::time::Instant::now();
         let message_id = tokio::time::timeout(timeout, state.publisher.publish(&envelope))
             .await
             .map_err(|_| queue_error(hookline_shared::queue::QueueError::Timeout(timeout)))?
             .map_err(queue_error)?;
+        metrics::observe("hookline_publish_seconds", &[], started.elapsed());
         tracing::info!(
             %message_id,
             bytes = envelope.body.len(),
@@ -124,7 +133,16 @@ pub async fn receive(
         })))
     }
     .instrument(span)
-    .await
+    .await;
+    let status = match &result {
+        Ok(r) => r.status(),
+        Err(e) => actix_web::ResponseError::status_code(e),
+    };
+    metrics::inc(
+        "hookline_ingest_requests_total",
+        &[("source", &label), ("status", status.as_str())],
+    );
+    result
 }
 
 /// Refuses requests whose headers are beyond what any provider sends.
@@ -167,6 +185,13 @@ fn request_id(req: &HttpRequest) -> String {
 /// `GET /healthz`: the process is up.
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics_text() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(metrics::render())
 }
 
 /// `GET /readyz`: the queue answers within two seconds.

@@ -22,7 +22,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(handler::method_not_allowed)),
     )
     .route("/healthz", web::get().to(handler::healthz))
-    .route("/readyz", web::get().to(handler::readyz));
+    .route("/readyz", web::get().to(handler::readyz))
+    .route("/metrics", web::get().to(handler::metrics_text));
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish.

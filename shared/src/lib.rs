@@ -7,12 +7,14 @@
 //! - [`sink`]: the archive and warehouse contracts and their error classification.
 //! - [`schema`]: the warehouse table, read from the one schema file under `infra/`.
 //! - [`archive_name`]: where a delivery's body is archived.
+//! - [`metrics`]: the Prometheus registry both services expose on `/metrics`.
 //! - [`provision`]: what creating a resource did, for `hookline provision`.
 #![forbid(unsafe_code)]
 
 pub mod archive_name;
 pub mod config;
 pub mod envelope;
+pub mod metrics;
 pub mod provision;
 pub mod queue;
 pub mod schema;

@@ -108,6 +108,110 @@ async fn separate_ingest_and_worker_processes_share_the_queue_across_a_worker_re
     assert_eq!(ids, ["p-0", "p-1", "p-2", "p-3"]);
     assert_eq!(env.archived().len(), 4);
 
+    // Each process exposes its own counters on /metrics.
+    let metrics = async |port: u16| {
+        client
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let ingest_metrics = metrics(port).await;
+    assert!(
+        ingest_metrics.contains("hookline_ingest_requests_total{source=\"gh\",status=\"200\"} 4\n"),
+        "{ingest_metrics}"
+    );
+    assert!(
+        ingest_metrics.contains("hookline_publish_seconds_count 4\n"),
+        "{ingest_metrics}"
+    );
+    let worker_metrics = metrics(worker_port).await;
+    assert!(
+        worker_metrics.contains("hookline_messages_total{outcome=\"ack\"} 3\n"),
+        "the restarted worker processed the three that waited: {worker_metrics}"
+    );
+    assert!(
+        worker_metrics.contains("hookline_queue_lag_seconds_count 3\n"),
+        "{worker_metrics}"
+    );
+
     terminate(worker);
     terminate(ingest);
+}
+
+#[tokio::test]
+async fn gcp_log_format_is_what_cloud_logging_reads() {
+    let env = TestEnv::new();
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args([
+            "--config",
+            env.config_path().to_str().unwrap(),
+            "--log-format",
+            "gcp",
+            "ingest",
+        ])
+        .env("PORT", port.to_string())
+        .env("GOOGLE_CLOUD_PROJECT", "proj-logs")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    assert!(
+        wait_for(Duration::from_secs(20), async || client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .is_ok())
+        .await
+    );
+    let body = ISSUES_OPENED.as_bytes();
+    let mut headers = github_headers(GITHUB_SECRET, body, "issues", "logged-1");
+    headers.push((
+        "traceparent".into(),
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+    ));
+    headers.push(("x-request-id".into(), "req-logged-1".into()));
+    let (status, _, _) = post(
+        &format!("http://127.0.0.1:{port}/hooks/gh"),
+        &headers,
+        body.to_vec(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["severity"].is_string() && l["message"].is_string()),
+        "{stderr}"
+    );
+    let accepted = lines
+        .iter()
+        .find(|l| l["message"] == "accepted")
+        .unwrap_or_else(|| panic!("no accepted line: {stderr}"));
+    assert_eq!(accepted["severity"], "INFO");
+    assert_eq!(accepted["request_id"], "req-logged-1");
+    assert_eq!(accepted["delivery_id"], "logged-1");
+    assert_eq!(
+        accepted["logging.googleapis.com/trace"],
+        "projects/proj-logs/traces/4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+    assert!(
+        !stderr.contains("Webhook deliveries time out"),
+        "no body in the logs"
+    );
 }

@@ -1,5 +1,6 @@
 //! The worker's HTTP side. Cloud Run requires every service to listen on `PORT`, so the
-//! worker always serves `/healthz` and `/readyz`; in push mode also `POST /pubsub/push`.
+//! worker always serves `/healthz`, `/readyz` and `/metrics`; in push mode also
+//! `POST /pubsub/push`.
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -16,6 +17,12 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
+async fn metrics_text() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(hookline_shared::metrics::render())
+}
+
 /// Serves until `shutdown` resolves; in-flight push requests get up to 8 s to finish.
 ///
 /// # Errors
@@ -28,7 +35,8 @@ pub async fn run(
     let server = HttpServer::new(move || {
         let mut app = App::new()
             .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(healthz));
+            .route("/readyz", web::get().to(healthz))
+            .route("/metrics", web::get().to(metrics_text));
         if let Some(state) = &push {
             app = app
                 .app_data(web::Data::new(state.clone()))

@@ -146,18 +146,22 @@ impl Pipeline {
         let envelope = resolved.as_ref().unwrap_or(envelope);
         let object = archive_name::object_name(&envelope.meta);
 
-        match self
-            .retry
-            .run("archive", || self.archive.put(&object, envelope))
-            .await
+        match timed(
+            "archive",
+            self.retry
+                .run("archive", || self.archive.put(&object, envelope)),
+        )
+        .await
         {
             Ok(outcome) => tracing::debug!(?outcome, %object, "archived"),
             Err(e) => return settle("archive", e),
         }
-        match self
-            .retry
-            .run("warehouse", || self.warehouse.insert(envelope, &object))
-            .await
+        match timed(
+            "warehouse",
+            self.retry
+                .run("warehouse", || self.warehouse.insert(envelope, &object)),
+        )
+        .await
         {
             Ok(outcome) => tracing::debug!(?outcome, "warehouse row"),
             Err(e) => return settle("warehouse", e),
@@ -167,13 +171,38 @@ impl Pipeline {
             Err(e) => return settle("slack", e),
         };
         if let Some(message) = message {
-            match self.retry.run("slack", || self.slack.post(&message)).await {
+            match timed(
+                "slack",
+                self.retry.run("slack", || self.slack.post(&message)),
+            )
+            .await
+            {
                 Ok(_) => tracing::debug!("slack notified"),
                 Err(e) => return settle("slack", e),
             }
         }
         Disposition::Ack
     }
+}
+
+/// Runs one sink call, recording its duration and outcome.
+async fn timed<T>(
+    sink: &'static str,
+    call: impl std::future::Future<Output = Result<T, SinkError>>,
+) -> Result<T, SinkError> {
+    let started = std::time::Instant::now();
+    let result = call.await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) if e.is_transient() => "transient",
+        Err(_) => "permanent",
+    };
+    hookline_shared::metrics::observe(
+        "hookline_sink_seconds",
+        &[("sink", sink), ("outcome", outcome)],
+        started.elapsed(),
+    );
+    result
 }
 
 #[cfg(test)]

@@ -61,6 +61,7 @@ impl RetryPolicy {
                 }
             })
             .notify(|err, wait| {
+                hookline_shared::metrics::inc("hookline_sink_retries_total", &[("sink", sink)]);
                 tracing::warn!(sink, error = %err, wait_ms = wait.as_millis() as u64, "sink failed; retrying");
             })
             .await

@@ -9,6 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hookline_shared::metrics;
 use hookline_shared::queue::{DeadLetter, Delivery, Subscriber};
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
@@ -82,6 +83,8 @@ pub async fn process(pipeline: Arc<Pipeline>, delivery: Delivery) {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, "undecodable message; dead-lettering");
+                metrics::inc("hookline_messages_total", &[("outcome", "dead_letter")]);
+                metrics::inc("hookline_dead_lettered_total", &[("sink", "decode")]);
                 let reason = DeadLetter {
                     sink: "decode".into(),
                     reason: e.to_string(),
@@ -93,20 +96,26 @@ pub async fn process(pipeline: Arc<Pipeline>, delivery: Delivery) {
                 return;
             }
         };
+        let lag = chrono::Utc::now() - envelope.meta.received_at;
+        metrics::observe("hookline_queue_lag_seconds", &[], lag.to_std().unwrap_or_default());
         let span = tracing::Span::current();
         span.record("delivery_id", envelope.meta.delivery_id.as_str());
         span.record("source", envelope.meta.source.as_str());
         let disposition = pipeline.handle(&envelope, delivery.attempt).await;
         let settled = match disposition {
             Disposition::Ack => {
+                metrics::inc("hookline_messages_total", &[("outcome", "ack")]);
                 tracing::info!("processed");
                 delivery.acker.ack().await
             }
             Disposition::Nack { sink, reason } => {
+                metrics::inc("hookline_messages_total", &[("outcome", "nack")]);
                 tracing::warn!(sink, reason, "sink failed; message goes back to the queue");
                 delivery.acker.nack().await
             }
             Disposition::DeadLetter(reason) => {
+                metrics::inc("hookline_messages_total", &[("outcome", "dead_letter")]);
+                metrics::inc("hookline_dead_lettered_total", &[("sink", sink_label(&reason.sink))]);
                 tracing::error!(sink = %reason.sink, reason = %reason.reason, "permanent failure; dead-lettering");
                 delivery.acker.dead_letter(reason).await
             }
@@ -117,4 +126,15 @@ pub async fn process(pipeline: Arc<Pipeline>, delivery: Delivery) {
     }
     .instrument(span)
     .await;
+}
+
+/// The fixed vocabulary of sink labels.
+fn sink_label(sink: &str) -> &'static str {
+    match sink {
+        "archive" => "archive",
+        "warehouse" => "warehouse",
+        "slack" => "slack",
+        "claim_check" => "claim_check",
+        _ => "other",
+    }
 }
