@@ -63,3 +63,26 @@ pub async fn open_subscriber(settings: &Settings) -> anyhow::Result<Arc<dyn Subs
         }
     })
 }
+
+/// The dead-letter side, for operators: the embedded queue's dead-letter topic, or the
+/// Pub/Sub operators' subscription on the dead-letter topic.
+pub async fn open_dead_letters(settings: &Settings) -> anyhow::Result<Arc<dyn Subscriber>> {
+    Ok(match settings.queue.backend {
+        QueueBackend::Embedded => Arc::new(open_embedded(settings)?.dead_letter_subscriber()),
+        QueueBackend::Pubsub => {
+            let p = &settings.queue.pubsub;
+            let connection = Connection::from_settings(settings)?;
+            Arc::new(
+                PubSubSubscription::open(
+                    &connection,
+                    &p.dead_letter_subscription,
+                    32,
+                    Duration::from_secs(60),
+                    None,
+                )
+                .await
+                .context("opening the dead-letter subscription")?,
+            )
+        }
+    })
+}

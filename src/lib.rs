@@ -2,6 +2,8 @@
 //! share.
 //!
 //! - [`engines`]: open the configured queue as a publisher (ingest) or subscriber (worker).
+//! - [`replay`]: operators' replay of dead-lettered messages, on either engine.
 #![forbid(unsafe_code)]
 
 pub mod engines;
+pub mod replay;

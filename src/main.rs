@@ -5,6 +5,7 @@
 //! - `ingest` / `worker`: the two services, as deployed (they share the queue).
 //! - `send`: sign a payload file as a configured source's provider would, and post it.
 //! - `provision`: create the queue, archive and warehouse resources, idempotently.
+//! - `replay`: move dead-lettered messages back to the main topic.
 #![forbid(unsafe_code)]
 
 mod commands;
@@ -46,6 +47,8 @@ enum Command {
     Send(commands::send::SendArgs),
     /// Create the queue, archive and warehouse resources the configuration names (idempotent).
     Provision,
+    /// Move dead-lettered messages back to the main topic (filters, --limit, --dry-run).
+    Replay(commands::replay::ReplayArgs),
 }
 
 #[tokio::main]
@@ -68,5 +71,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Worker => commands::serve::worker(settings, true, shutdown::signal()).await,
         Command::Send(args) => commands::send::run(&settings, args).await,
         Command::Provision => commands::provision::run(&settings).await,
+        Command::Replay(args) => commands::replay::run(&settings, args).await,
     }
 }

@@ -95,6 +95,14 @@ resource "google_pubsub_topic_iam_member" "worker_dead_letter_publisher" {
   member = local.worker_member
 }
 
+# The worker checks at start that the dead-letter topic exists (topics.get), which the
+# publisher role does not allow.
+resource "google_pubsub_topic_iam_member" "worker_dead_letter_viewer" {
+  topic  = google_pubsub_topic.dead_letter.name
+  role   = "roles/pubsub.viewer"
+  member = local.worker_member
+}
+
 # The archive is create-only (an existing object means "already done"), and claim checks
 # are read back: creator + viewer, no delete.
 resource "google_storage_bucket_iam_member" "worker_object_creator" {

@@ -112,10 +112,13 @@ resource "google_cloud_run_v2_service" "ingest" {
         container_port = 8080
       }
 
+      # Bodies are held in memory until the queue confirms: up to `ingest_concurrency`
+      # requests of up to server.max_body_bytes (10 MiB) each, so 80 x 10 MiB plus the
+      # process needs about 1 GiB at worst.
       resources {
         limits = {
           cpu    = "1"
-          memory = "512Mi"
+          memory = "1Gi"
         }
         cpu_idle          = true
         startup_cpu_boost = true

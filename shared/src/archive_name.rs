@@ -28,7 +28,8 @@ pub fn day_prefix(source: &str, day: DateTime<Utc>) -> String {
     format!("{source}/{}", day.format("%Y-%m-%d"))
 }
 
-fn encode_id(id: &str) -> String {
+/// The delivery id as a single path segment (percent-encoded outside `[A-Za-z0-9._-]`).
+pub fn encode_id(id: &str) -> String {
     let mut out = String::with_capacity(id.len());
     for b in id.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {

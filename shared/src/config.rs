@@ -357,6 +357,9 @@ pub struct WorkerSettings {
     /// >= 1). `push`: Pub/Sub pushes each message to `POST /pubsub/push`.
     pub mode: WorkerMode,
     pub push: PushSettings,
+    /// The idempotency ledger's SQLite file, with the local archive. (With the Cloud Storage
+    /// archive the ledger is objects under `_ledger/` in the bucket.)
+    pub ledger_path: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -404,6 +407,7 @@ impl Default for WorkerSettings {
             sink_retry_max_ms: 2_000,
             mode: WorkerMode::Pull,
             push: PushSettings::default(),
+            ledger_path: "data/ledger.sqlite3".into(),
         }
     }
 }

@@ -44,6 +44,11 @@ const METRICS: &[(&str, &str, &str)] = &[
         "Messages dead-lettered by the worker, by failing sink.",
     ),
     (
+        "hookline_slack_possible_duplicates_total",
+        "counter",
+        "Slack posts repeated after an attempt that may already have posted (the documented crash window).",
+    ),
+    (
         "hookline_queue_lag_seconds",
         "histogram",
         "Time from ingest receiving a delivery to the worker starting on it.",

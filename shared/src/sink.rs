@@ -86,3 +86,35 @@ pub trait Warehouse: Send + Sync + std::fmt::Debug {
     async fn insert(&self, envelope: &Envelope, archive_object: &str)
     -> Result<Outcome, SinkError>;
 }
+
+/// Which effects of a delivery are done: the idempotency ledger.
+///
+/// Keyed by (source, delivery id), so redeliveries of a message *and* a provider's resend
+/// of the same delivery (a new request, a new receive time) find what is already done.
+/// Steps are `archive` (its note is the object name, so a resend points at the first
+/// object instead of writing a second), `warehouse`, `slack.intent` and `slack`.
+/// Recording is create-only: the first record of a step stays.
+#[async_trait]
+pub trait Ledger: Send + Sync + std::fmt::Debug {
+    /// The steps recorded for a delivery, with their notes.
+    ///
+    /// # Errors
+    /// Classified per engine.
+    async fn done(
+        &self,
+        source: &str,
+        delivery_id: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, SinkError>;
+
+    /// Records a step (a no-op when it is already recorded).
+    ///
+    /// # Errors
+    /// Classified per engine.
+    async fn record(
+        &self,
+        source: &str,
+        delivery_id: &str,
+        step: &str,
+        note: &str,
+    ) -> Result<(), SinkError>;
+}

@@ -1,5 +1,6 @@
 //! The subcommands' bodies.
 
 pub mod provision;
+pub mod replay;
 pub mod send;
 pub mod serve;

@@ -5,4 +5,5 @@ mod analytics;
 mod contract;
 mod pipeline;
 mod processes;
+mod replay;
 mod support;

@@ -247,3 +247,32 @@ async fn a_redelivered_message_produces_no_second_row_or_object() {
     assert_eq!(env.archived().len(), 1);
     ingest.stop().await;
 }
+
+#[tokio::test]
+async fn a_provider_resend_of_the_same_delivery_has_no_second_effect() {
+    let env = TestEnv::new();
+    let slack = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("ok"))
+        .expect(1)
+        .mount(&slack)
+        .await;
+    let queue = env.queue();
+    let ingest = spawn_ingest(&env, Arc::new(queue.clone())).await;
+    let worker = spawn_worker(&env, &queue, Some(format!("{}/hook", slack.uri()))).await;
+    let body = ISSUES_OPENED.as_bytes();
+    let url = format!("{}/hooks/gh", ingest.url);
+    // GitHub's "Redeliver": the same X-GitHub-Delivery, a new request a while later, so a
+    // new receive time (and what would be a new archive name).
+    for _ in 0..2 {
+        let headers = github_headers(GITHUB_SECRET, body, "issues", "resent-1");
+        assert_eq!(post(&url, &headers, body.to_vec()).await.0, 200);
+        assert!(wait_for(WAIT, async || env.queue_depth().await == (0, 0)).await);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    assert_eq!(env.archived().len(), 1, "one archive object");
+    assert_eq!(env.row_count(), 1, "one warehouse row");
+    worker.stop().await;
+    ingest.stop().await;
+    slack.verify().await; // one Slack post
+}

@@ -134,6 +134,7 @@ root = "{d}/archive"
 [warehouse.sqlite]
 path = "{d}/warehouse.sqlite3"
 [worker]
+ledger_path = "{d}/ledger.sqlite3"
 poll_interval_ms = 10
 sink_retry_min_ms = 10
 sink_retry_max_ms = 50

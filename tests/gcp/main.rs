@@ -8,4 +8,5 @@ mod dead_letter;
 mod pipeline;
 mod provisioning;
 mod push;
+mod replay;
 mod support;

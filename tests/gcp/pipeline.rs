@@ -200,3 +200,40 @@ async fn a_permanent_failure_is_dead_lettered_with_its_reason() {
     worker.stop().await;
     ingest.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_provider_resend_has_no_second_effect_on_the_cloud_ledger() {
+    let env = GcpEnv::new("");
+    env.provision();
+    let (url, ingest) = spawn_ingest(&env).await;
+    let worker = spawn_worker(&env, None).await;
+    let body = br#"{"ref":"refs/heads/main","after":"abc123"}"#.to_vec();
+    for _ in 0..2 {
+        let (status, _) = post(
+            &format!("{url}/hooks/gh"),
+            &github_headers(&body, "push", "resent-gcp"),
+            body.clone(),
+        )
+        .await;
+        assert_eq!(status, 200);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    assert!(
+        wait_for(WAIT, async || env
+            .query("SELECT count(*) FROM {ds}.events")
+            .await[0][0]
+            .as_deref()
+            == Some("1"))
+        .await,
+        "the first copy's row"
+    );
+    // Give the second copy time to be processed (and, wrongly, to add a row or object).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        env.query("SELECT count(*) FROM {ds}.events").await[0][0].as_deref(),
+        Some("1")
+    );
+    assert_eq!(env.objects().await.len(), 1);
+    worker.stop().await;
+    ingest.stop().await.unwrap();
+}

@@ -151,15 +151,19 @@ secrets = ["{GITHUB_SECRET}"]
         max: usize,
     ) -> Vec<(Vec<u8>, serde_json::Map<String, serde_json::Value>)> {
         let client = reqwest::Client::new();
-        let resp: serde_json::Value = client
+        // The emulator holds a pull on an empty subscription open for a long time: wait a
+        // few seconds at most, and read a timeout as "nothing there".
+        let resp: serde_json::Value = match client
             .post(self.pubsub_url(&format!("subscriptions/{subscription}:pull")))
             .json(&serde_json::json!({ "maxMessages": max, "returnImmediately": false }))
+            .timeout(std::time::Duration::from_secs(4))
             .send()
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        {
+            Ok(r) => r.json().await.unwrap(),
+            Err(e) if e.is_timeout() => serde_json::json!({}),
+            Err(e) => panic!("pull failed: {e}"),
+        };
         let received = resp["receivedMessages"]
             .as_array()
             .cloned()
@@ -190,7 +194,7 @@ secrets = ["{GITHUB_SECRET}"]
             .collect()
     }
 
-    /// Object names and sizes in the archive bucket, through the JSON API.
+    /// Archive object names and sizes (not the ledger's), through the JSON API.
     pub async fn objects(&self) -> Vec<(String, u64)> {
         let url = format!(
             "{}/storage/v1/b/{}/o",
@@ -203,6 +207,12 @@ secrets = ["{GITHUB_SECRET}"]
             .cloned()
             .unwrap_or_default()
             .iter()
+            .filter(|o| {
+                !o["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("_ledger/")
+            })
             .map(|o| {
                 (
                     o["name"].as_str().unwrap().to_owned(),

@@ -11,13 +11,14 @@ use hookline_shared::archive_name;
 use hookline_shared::config::{ArchiveBackend, Settings, WarehouseBackend};
 use hookline_shared::envelope::{Envelope, attr};
 use hookline_shared::queue::DeadLetter;
-use hookline_shared::sink::{Archive, SinkError, Warehouse};
+use hookline_shared::sink::{Archive, Ledger, SinkError, Warehouse};
 
 use secrecy::SecretString;
 
 use crate::retry::RetryPolicy;
 use crate::sinks::archive_gcs::{GcsArchive, GcsSetupError};
 use crate::sinks::archive_local::LocalArchive;
+use crate::sinks::ledger_sqlite::SqliteLedger;
 use crate::sinks::slack::Slack;
 use crate::sinks::warehouse_bigquery::BigQueryWarehouse;
 use crate::sinks::warehouse_sqlite::SqliteWarehouse;
@@ -38,6 +39,7 @@ pub enum Disposition {
 pub struct Pipeline {
     pub archive: Arc<dyn Archive>,
     pub warehouse: Arc<dyn Warehouse>,
+    pub ledger: Arc<dyn Ledger>,
     pub slack: Slack,
     pub retry: RetryPolicy,
 }
@@ -45,7 +47,7 @@ pub struct Pipeline {
 /// Why the worker's sinks could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("cannot open the warehouse at {path}")]
+    #[error("cannot open {path}")]
     Warehouse {
         path: std::path::PathBuf,
         #[source]
@@ -103,8 +105,27 @@ impl Pipeline {
         settings: &Settings,
         slack_url: Option<SecretString>,
     ) -> Result<Self, BuildError> {
+        let (archive, ledger): (Arc<dyn Archive>, Arc<dyn Ledger>) = match settings.archive.backend
+        {
+            ArchiveBackend::Local => {
+                let path = &settings.worker.ledger_path;
+                let ledger = SqliteLedger::open(path).map_err(|source| BuildError::Warehouse {
+                    path: path.clone(),
+                    source,
+                })?;
+                (
+                    Arc::new(LocalArchive::new(&settings.archive.local.root)),
+                    Arc::new(ledger),
+                )
+            }
+            ArchiveBackend::Gcs => {
+                let gcs = GcsArchive::connect(&settings.archive.gcs).await?;
+                (Arc::new(gcs.clone()), Arc::new(gcs))
+            }
+        };
         Ok(Self {
-            archive: archive_from_settings(settings).await?,
+            archive,
+            ledger,
             warehouse: warehouse_from_settings(settings).await?,
             slack: Slack::new(&settings.slack, slack_url).map_err(BuildError::Slack)?,
             retry: RetryPolicy::from(&settings.worker),
@@ -144,41 +165,86 @@ impl Pipeline {
             Err(e) => return settle("claim_check", e),
         };
         let envelope = resolved.as_ref().unwrap_or(envelope);
-        let object = archive_name::object_name(&envelope.meta);
+        let (source, id) = (
+            envelope.meta.source.as_str(),
+            envelope.meta.delivery_id.as_str(),
+        );
+        let record = |step: &'static str, note: String| {
+            let ledger = Arc::clone(&self.ledger);
+            async move {
+                self.retry
+                    .run("ledger", || ledger.record(source, id, step, &note))
+                    .await
+            }
+        };
+        let done = match self
+            .retry
+            .run("ledger", || self.ledger.done(source, id))
+            .await
+        {
+            Ok(done) => done,
+            Err(e) => return settle("ledger", e),
+        };
+        // A provider's resend arrives with a new receive time; the ledger keeps the name of
+        // the object the first copy was archived under.
+        let object = done
+            .get("archive")
+            .cloned()
+            .unwrap_or_else(|| archive_name::object_name(&envelope.meta));
 
-        match timed(
-            "archive",
-            self.retry
-                .run("archive", || self.archive.put(&object, envelope)),
-        )
-        .await
-        {
-            Ok(outcome) => tracing::debug!(?outcome, %object, "archived"),
-            Err(e) => return settle("archive", e),
+        if !done.contains_key("archive") {
+            if let Err(e) = timed(
+                "archive",
+                self.retry
+                    .run("archive", || self.archive.put(&object, envelope)),
+            )
+            .await
+            {
+                return settle("archive", e);
+            }
+            if let Err(e) = record("archive", object.clone()).await {
+                return settle("ledger", e);
+            }
         }
-        match timed(
-            "warehouse",
-            self.retry
-                .run("warehouse", || self.warehouse.insert(envelope, &object)),
-        )
-        .await
-        {
-            Ok(outcome) => tracing::debug!(?outcome, "warehouse row"),
-            Err(e) => return settle("warehouse", e),
+        if !done.contains_key("warehouse") {
+            if let Err(e) = timed(
+                "warehouse",
+                self.retry
+                    .run("warehouse", || self.warehouse.insert(envelope, &object)),
+            )
+            .await
+            {
+                return settle("warehouse", e);
+            }
+            if let Err(e) = record("warehouse", String::new()).await {
+                return settle("ledger", e);
+            }
         }
         let message = match self.slack.message_for(envelope) {
             Ok(m) => m,
             Err(e) => return settle("slack", e),
         };
-        if let Some(message) = message {
-            match timed(
+        if let Some(message) = message.filter(|_| !done.contains_key("slack")) {
+            // Slack cannot de-duplicate: intent before the post, done after. An intent
+            // without done means an earlier attempt may have posted (the crash window
+            // between Slack's answer and the done record); post again rather than risk
+            // a missed notification, and count it.
+            if done.contains_key("slack.intent") {
+                tracing::warn!("an earlier attempt may have posted to Slack; posting again");
+                hookline_shared::metrics::inc("hookline_slack_possible_duplicates_total", &[]);
+            } else if let Err(e) = record("slack.intent", String::new()).await {
+                return settle("ledger", e);
+            }
+            if let Err(e) = timed(
                 "slack",
                 self.retry.run("slack", || self.slack.post(&message)),
             )
             .await
             {
-                Ok(_) => tracing::debug!("slack notified"),
-                Err(e) => return settle("slack", e),
+                return settle("slack", e);
+            }
+            if let Err(e) = record("slack", String::new()).await {
+                return settle("ledger", e);
             }
         }
         Disposition::Ack
@@ -219,6 +285,7 @@ pub(crate) mod tests {
     use hookline_shared::sink::Outcome;
 
     use crate::sinks::archive_local::LocalArchive;
+    use crate::sinks::ledger_sqlite::SqliteLedger;
     use crate::sinks::warehouse_sqlite::SqliteWarehouse;
 
     /// A warehouse that fails the way it is told to, counting calls.
@@ -246,6 +313,7 @@ pub(crate) mod tests {
     fn pipeline(dir: &std::path::Path, warehouse: Arc<dyn Warehouse>) -> Pipeline {
         Pipeline {
             archive: Arc::new(LocalArchive::new(dir.join("archive"))),
+            ledger: Arc::new(SqliteLedger::open(&dir.join("ledger.sqlite3")).unwrap()),
             warehouse,
             slack: Slack::new(&SlackSettings::default(), None).unwrap(),
             retry: RetryPolicy {
@@ -307,6 +375,67 @@ pub(crate) mod tests {
         // The raw body is archived before anything can fail on it.
         let object = archive_name::object_name(&e.meta);
         assert_eq!(&p.archive.get(&object).await.unwrap()[..], &e.body[..]);
+    }
+
+    fn opened_issue(delivery_id: &str) -> Envelope {
+        let mut e = envelope(delivery_id, "issues");
+        e.body = Bytes::from_static(
+            br#"{"action":"opened","issue":{"number":1,"title":"t","html_url":"https://gh/i/1","user":{"login":"u","html_url":"https://gh/u"}},"repository":{"full_name":"o/r","html_url":"https://gh/o/r"}}"#,
+        );
+        e
+    }
+
+    async fn slack_pipeline(dir: &std::path::Path, slack: &wiremock::MockServer) -> Pipeline {
+        let warehouse = SqliteWarehouse::open(&dir.join("w.sqlite3")).unwrap();
+        let mut p = pipeline(dir, Arc::new(warehouse));
+        p.slack = Slack::new(
+            &SlackSettings::default(),
+            Some(format!("{}/hook", slack.uri()).into()),
+        )
+        .unwrap();
+        p
+    }
+
+    #[tokio::test]
+    async fn slack_is_posted_again_only_in_the_documented_crash_window() {
+        use wiremock::matchers::method;
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+        let dir = tempfile::tempdir().unwrap();
+        let slack = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200))
+            .expect(2)
+            .mount(&slack)
+            .await;
+        let p = slack_pipeline(dir.path(), &slack).await;
+
+        // Done: a redelivery posts nothing.
+        let e = opened_issue("window-1");
+        assert_eq!(p.handle(&e, 1).await, Disposition::Ack);
+        assert_eq!(p.handle(&e, 2).await, Disposition::Ack);
+        // Intent without done (a crash right after Slack answered): posted again, counted.
+        let crashed = opened_issue("window-2");
+        p.ledger
+            .record("gh", "window-2", "slack.intent", "")
+            .await
+            .unwrap();
+        for step in ["archive", "warehouse"] {
+            let note = if step == "archive" {
+                archive_name::object_name(&crashed.meta)
+            } else {
+                String::new()
+            };
+            p.ledger
+                .record("gh", "window-2", step, &note)
+                .await
+                .unwrap();
+        }
+        assert_eq!(p.handle(&crashed, 2).await, Disposition::Ack);
+        assert!(
+            hookline_shared::metrics::render()
+                .contains("hookline_slack_possible_duplicates_total 1\n")
+        );
+        slack.verify().await; // window-1 once, window-2 once
     }
 
     pub(crate) fn envelope(delivery_id: &str, event_type: &str) -> Envelope {

@@ -135,6 +135,7 @@ fn sink_label(sink: &str) -> &'static str {
         "warehouse" => "warehouse",
         "slack" => "slack",
         "claim_check" => "claim_check",
+        "ledger" => "ledger",
         _ => "other",
     }
 }

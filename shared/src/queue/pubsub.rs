@@ -265,7 +265,7 @@ type Received = google_cloud_pubsub::Result<(Message, Handler)>;
 pub struct PubSubSubscription {
     rx: Mutex<mpsc::Receiver<Received>>,
     dead_letter: Option<DeadLetterTopic>,
-    shutdown: google_cloud_pubsub::subscriber::ShutdownToken,
+    shutdown: Arc<std::sync::Mutex<google_cloud_pubsub::subscriber::ShutdownToken>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -327,27 +327,45 @@ impl PubSubSubscription {
             None => None,
         };
         let client = connection.subscriber().await?;
-        let mut stream = client
-            .subscribe(connection.subscription_path(subscription))
-            .set_max_outstanding_messages(i64::try_from(max_outstanding).unwrap_or(i64::MAX))
-            .set_max_lease_extension(
-                ack_deadline.clamp(Duration::from_secs(10), Duration::from_secs(600)),
-            )
-            .set_shutdown_behavior(ShutdownBehavior::WaitForProcessing)
-            .build();
-        let shutdown = stream.shutdown_token();
+        let path = connection.subscription_path(subscription);
+        let lease = ack_deadline.clamp(Duration::from_secs(10), Duration::from_secs(600));
+        let open = move || {
+            client
+                .subscribe(path.clone())
+                .set_max_outstanding_messages(i64::try_from(max_outstanding).unwrap_or(i64::MAX))
+                .set_max_lease_extension(lease)
+                .set_shutdown_behavior(ShutdownBehavior::NackImmediately)
+                .build()
+        };
+        let first = open();
+        let shutdown = Arc::new(std::sync::Mutex::new(first.shutdown_token()));
         let (tx, rx) = mpsc::channel(max_outstanding.max(1));
+        let current = Arc::clone(&shutdown);
         let task = tokio::spawn(async move {
-            while let Some(item) = stream.next().await {
-                let failed = item.is_err();
-                if tx.send(item).await.is_err() {
-                    break;
+            // The crate ends a stream for good on errors such as NotFound or
+            // PermissionDenied (common while IAM propagates): open a new one, with backoff,
+            // rather than leave the worker idle while it reports healthy.
+            let mut stream = first;
+            let mut backoff = Duration::from_secs(1);
+            loop {
+                while let Some(item) = stream.next().await {
+                    let failed = item.is_err();
+                    if tx.send(item).await.is_err() {
+                        return;
+                    }
+                    if failed {
+                        break;
+                    }
+                    backoff = Duration::from_secs(1);
                 }
-                if failed {
-                    // A permanent error (the subscription is gone): back off before the
-                    // stream tries again, so the log is not flooded.
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                }
+                tracing::warn!(
+                    wait_s = backoff.as_secs(),
+                    "subscription stream ended; reopening"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+                stream = open();
+                *current.lock().unwrap_or_else(|p| p.into_inner()) = stream.shutdown_token();
             }
         });
         Ok(Self {
@@ -412,7 +430,26 @@ impl Subscriber for PubSubSubscription {
     }
 
     async fn close(&self) {
-        self.shutdown.shutdown().await;
+        // Stop receiving, then drop what was received but not handed out: dropping a
+        // handler nacks it, so those messages go straight back to Pub/Sub.
+        self.task.abort();
+        {
+            let mut rx = self.rx.lock().await;
+            rx.close();
+            while rx.try_recv().is_ok() {}
+        }
+        let token = self
+            .shutdown
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        // Flushes pending acks; bounded so that SIGTERM's 10 s are never exceeded.
+        if tokio::time::timeout(Duration::from_secs(3), token.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("subscription shutdown did not finish in 3 s");
+        }
     }
 }
 

@@ -23,7 +23,8 @@ use gcloud_storage::http::objects::upload::{UploadObjectRequest, UploadType};
 use hookline_shared::config::GcsSettings;
 use hookline_shared::envelope::Envelope;
 use hookline_shared::provision::Provisioned;
-use hookline_shared::sink::{Archive, Outcome, SinkError};
+use hookline_shared::sink::{Archive, Ledger, Outcome, SinkError};
+use std::collections::BTreeMap;
 
 /// Per-request timeout: the crate's default client has none.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -158,12 +159,17 @@ impl GcsArchive {
     }
 }
 
-#[async_trait]
-impl Archive for GcsArchive {
-    async fn put(&self, object: &str, envelope: &Envelope) -> Result<Outcome, SinkError> {
+impl GcsArchive {
+    /// Creates `object` with `body` unless it exists (`ifGenerationMatch=0`, multipart).
+    async fn create(
+        &self,
+        object: &str,
+        body: Bytes,
+        content_type: Option<String>,
+    ) -> Result<Outcome, SinkError> {
         let meta = Object {
             name: object.to_owned(),
-            content_type: envelope.meta.content_type.clone(),
+            content_type,
             ..Default::default()
         };
         let req = UploadObjectRequest {
@@ -173,17 +179,76 @@ impl Archive for GcsArchive {
         };
         match self
             .client
-            .upload_object(
-                &req,
-                envelope.body.clone(),
-                &UploadType::Multipart(Box::new(meta)),
-            )
+            .upload_object(&req, body, &UploadType::Multipart(Box::new(meta)))
             .await
         {
             Ok(_) => Ok(Outcome::Written),
             Err(e) if status(&e) == Some(412) => Ok(Outcome::AlreadyDone),
             Err(e) => Err(classify("archive upload", e)),
         }
+    }
+}
+
+/// Where ledger records live in the bucket; archive listings skip it.
+pub const LEDGER_PREFIX: &str = "_ledger/";
+
+fn ledger_dir(source: &str, delivery_id: &str) -> String {
+    format!(
+        "{LEDGER_PREFIX}{source}/{}/",
+        hookline_shared::archive_name::encode_id(delivery_id)
+    )
+}
+
+/// The Cloud Storage ledger: one create-only object per step, its content the note.
+#[async_trait]
+impl Ledger for GcsArchive {
+    async fn done(
+        &self,
+        source: &str,
+        delivery_id: &str,
+    ) -> Result<BTreeMap<String, String>, SinkError> {
+        let dir = ledger_dir(source, delivery_id);
+        let mut done = BTreeMap::new();
+        for name in self.list(&dir).await? {
+            let step = name[dir.len()..].to_owned();
+            // Only the archive step carries a note worth a read (the object name).
+            let note = if step == "archive" {
+                String::from_utf8_lossy(&self.get(&name).await?).into_owned()
+            } else {
+                String::new()
+            };
+            done.insert(step, note);
+        }
+        Ok(done)
+    }
+
+    async fn record(
+        &self,
+        source: &str,
+        delivery_id: &str,
+        step: &str,
+        note: &str,
+    ) -> Result<(), SinkError> {
+        let name = format!("{}{step}", ledger_dir(source, delivery_id));
+        self.create(
+            &name,
+            Bytes::from(note.to_owned()),
+            Some("text/plain".into()),
+        )
+        .await
+        .map(drop)
+    }
+}
+
+#[async_trait]
+impl Archive for GcsArchive {
+    async fn put(&self, object: &str, envelope: &Envelope) -> Result<Outcome, SinkError> {
+        self.create(
+            object,
+            envelope.body.clone(),
+            envelope.meta.content_type.clone(),
+        )
+        .await
     }
 
     async fn get(&self, object: &str) -> Result<Bytes, SinkError> {

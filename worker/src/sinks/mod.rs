@@ -4,6 +4,7 @@
 
 pub mod archive_gcs;
 pub mod archive_local;
+pub mod ledger_sqlite;
 pub mod slack;
 pub mod warehouse_bigquery;
 pub mod warehouse_sqlite;

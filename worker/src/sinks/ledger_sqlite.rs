@@ -1,0 +1,96 @@
+//! The embedded ledger: one SQLite table, `(source, delivery_id, step)` unique, written with
+//! `INSERT OR IGNORE` so the first record of a step stays.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hookline_shared::sink::{Ledger, SinkError};
+use rusqlite::{Connection, params};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS ledger (
+    source      TEXT NOT NULL,
+    delivery_id TEXT NOT NULL,
+    step        TEXT NOT NULL,
+    note        TEXT NOT NULL,
+    at          TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    PRIMARY KEY (source, delivery_id, step)
+);";
+
+#[derive(Debug, Clone)]
+pub struct SqliteLedger {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteLedger {
+    /// # Errors
+    /// The file cannot be opened or created.
+    pub fn open(path: &Path) -> Result<Self, rusqlite::Error> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(2))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, SinkError> {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || f(&conn.lock().unwrap_or_else(|p| p.into_inner())))
+            .await
+            .map_err(|e| SinkError::transient("ledger task failed", e))?
+            // Every ledger failure is worth retrying: the file is ours and well-formed.
+            .map_err(|e| SinkError::transient("ledger unavailable", e))
+    }
+}
+
+#[async_trait]
+impl Ledger for SqliteLedger {
+    async fn done(
+        &self,
+        source: &str,
+        delivery_id: &str,
+    ) -> Result<BTreeMap<String, String>, SinkError> {
+        let (source, id) = (source.to_owned(), delivery_id.to_owned());
+        self.with(move |c| {
+            c.prepare_cached(
+                "SELECT step, note FROM ledger WHERE source = ?1 AND delivery_id = ?2",
+            )?
+            .query_map(params![source, id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect()
+        })
+        .await
+    }
+
+    async fn record(
+        &self,
+        source: &str,
+        delivery_id: &str,
+        step: &str,
+        note: &str,
+    ) -> Result<(), SinkError> {
+        let (source, id, step, note) = (
+            source.to_owned(),
+            delivery_id.to_owned(),
+            step.to_owned(),
+            note.to_owned(),
+        );
+        self.with(move |c| {
+            c.prepare_cached("INSERT OR IGNORE INTO ledger (source, delivery_id, step, note) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![source, id, step, note])
+                .map(drop)
+        })
+        .await
+    }
+}
