@@ -73,7 +73,9 @@ pub async fn receive(
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+            // Travels as a queue attribute (Pub/Sub: 1024 bytes at most); no real
+            // content type is longer than this.
+            .map(|ct| ct.chars().take(256).collect::<String>());
         let described =
             source
                 .provider

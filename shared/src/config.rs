@@ -676,6 +676,9 @@ impl Settings {
                     source_name: name.clone(),
                     reason,
                 };
+                if s.secrets.iter().any(|x| x.expose_secret().is_empty()) {
+                    return Err(err("an empty secret would let anything verify".into()));
+                }
                 let mut secrets = s.secrets.clone();
                 for var in &s.secrets_env {
                     let value = env(var)
@@ -888,6 +891,9 @@ mod tests {
             Settings::from_parts("", attempts),
             Err(ConfigError::Invalid(_))
         ));
+        let empty = "[sources.s]\nprovider = \"github\"\nsecrets = [\"\"]";
+        let err = Settings::from_parts(empty, []).unwrap().resolve_sources(|_| None).unwrap_err();
+        assert!(err.to_string().contains("empty secret"), "{err}");
         let no_header = "[sources.s]\nprovider = \"shared_secret\"\nsecrets = [\"x\"]";
         let s = Settings::from_parts(no_header, []).unwrap();
         assert!(s.resolve_sources(|_| None).is_err());

@@ -18,6 +18,10 @@ use crate::pipeline::{Disposition, Pipeline};
 
 /// How long one pull waits for messages before looking at the shutdown signal again.
 const PULL_WAIT: Duration = Duration::from_secs(1);
+/// While a message is processed its lease is pushed out every 10 s by 60 s: well inside the
+/// smallest ack deadline (10 s is Pub/Sub's minimum), whatever the configured one.
+const LEASE_EXTEND_EVERY: Duration = Duration::from_secs(10);
+const LEASE_EXTEND_BY: Duration = Duration::from_secs(60);
 
 /// Runs until `shutdown` resolves, then drains for at most `drain`.
 pub async fn run(
@@ -101,7 +105,24 @@ pub async fn process(pipeline: Arc<Pipeline>, delivery: Delivery) {
         let span = tracing::Span::current();
         span.record("delivery_id", envelope.meta.delivery_id.as_str());
         span.record("source", envelope.meta.source.as_str());
-        let disposition = pipeline.handle(&envelope, delivery.attempt).await;
+        let disposition = {
+            let work = pipeline.handle(&envelope, delivery.attempt);
+            tokio::pin!(work);
+            // Keep the lease while sinks are slow, so a second worker never starts on a
+            // message this one is still processing (Pub/Sub's client does this by itself).
+            let mut keepalive = tokio::time::interval(LEASE_EXTEND_EVERY);
+            keepalive.tick().await;
+            loop {
+                tokio::select! {
+                    d = &mut work => break d,
+                    _ = keepalive.tick() => {
+                        if let Err(e) = delivery.acker.extend(LEASE_EXTEND_BY).await {
+                            tracing::warn!(error = %e, "could not extend the lease");
+                        }
+                    }
+                }
+            }
+        };
         let settled = match disposition {
             Disposition::Ack => {
                 metrics::inc("hookline_messages_total", &[("outcome", "ack")]);

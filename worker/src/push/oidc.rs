@@ -92,8 +92,15 @@ impl OidcVerifier {
                     return DecodingKey::from_jwk(jwk).map_err(|e| OidcError::Malformed(Some(e)));
                 }
             }
-            if attempt == 0 {
-                self.refresh().await?;
+            if attempt == 0
+                && let Err(e) = self.refresh().await
+            {
+                // Keys that were good an hour ago still verify Google's tokens; refusing
+                // every push because the key endpoint hiccuped would be worse.
+                tracing::warn!(error = %e, "could not refresh signing keys; using the cached ones");
+                if self.keys.read().await.is_none() {
+                    return Err(e);
+                }
             }
         }
         Err(OidcError::UnknownKey)

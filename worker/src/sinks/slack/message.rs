@@ -66,7 +66,10 @@ fn github_item(kind: &str, j: &Value) -> Result<SlackMessage, SinkError> {
         format!("{} {action}", capitalise(noun))
     };
     Ok(SlackMessage {
-        text: format!("{headline} in {repo}: #{number} {title} by {author} {url}"),
+        // `text` is mrkdwn too: a title like `<!channel>` must not ping anyone.
+        text: escape(&format!(
+            "{headline} in {repo}: #{number} {title} by {author} {url}"
+        )),
         blocks: json!([
             {
                 "type": "section",
@@ -103,8 +106,9 @@ fn generic(meta: &Metadata) -> SlackMessage {
         "{} {event} received on source {} (delivery {})",
         meta.provider, meta.source, meta.delivery_id
     );
+    let text = escape(&text);
     SlackMessage {
-        blocks: json!([{ "type": "section", "text": { "type": "mrkdwn", "text": escape(&text) } }]),
+        blocks: json!([{ "type": "section", "text": { "type": "mrkdwn", "text": text } }]),
         text,
     }
 }

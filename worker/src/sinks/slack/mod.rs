@@ -149,7 +149,7 @@ mod tests {
         let msg = s.message_for(&issue("opened")).unwrap().unwrap();
         assert_eq!(
             msg.text,
-            "New issue in o/r: #7 A <b> & c by bob https://gh/i/7"
+            "New issue in o/r: #7 A &lt;b&gt; &amp; c by bob https://gh/i/7"
         );
         assert_eq!(
             msg.blocks[0]["text"]["text"],
