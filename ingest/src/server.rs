@@ -14,16 +14,18 @@ use crate::state::AppState;
 /// 10 s between SIGTERM and SIGKILL; publishes time out well before this.
 const DRAIN: Duration = Duration::from_secs(8);
 
-/// Registers the routes on an actix `App`; shared by the server and in-process tests.
-pub fn routes(cfg: &mut web::ServiceConfig) {
+/// Registers the routes on an actix `App`.
+pub fn routes(cfg: &mut web::ServiceConfig, metrics: bool) {
     cfg.service(
         web::resource("/hooks/{source}")
             .route(web::post().to(handler::receive))
             .default_service(web::to(handler::method_not_allowed)),
     )
     .route("/healthz", web::get().to(handler::healthz))
-    .route("/readyz", web::get().to(handler::readyz))
-    .route("/metrics", web::get().to(handler::metrics_text));
+    .route("/readyz", web::get().to(handler::readyz));
+    if metrics {
+        cfg.route("/metrics", web::get().to(handler::metrics_text));
+    }
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish.
@@ -37,11 +39,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let header_timeout = Duration::from_millis(state.server.header_read_timeout_ms);
+    let metrics = state.server.metrics;
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
-            .configure(routes)
+            .configure(|cfg| routes(cfg, metrics))
             .default_service(web::to(handler::not_found))
     })
     .workers(workers.max(1))

@@ -82,6 +82,9 @@ pub struct ServerSettings {
     /// Providers send a few dozen headers of a few KB at most.
     pub max_headers: usize,
     pub max_header_bytes: usize,
+    /// Serve `GET /metrics`. Ingest is public on Cloud Run, and its metrics show configured
+    /// source names and request rates: turn this off there if that matters.
+    pub metrics: bool,
     /// Webhook requests handled at once per process; beyond it, 503 + `Retry-After` rather
     /// than an unbounded backlog.
     pub max_concurrent_requests: usize,
@@ -99,6 +102,7 @@ impl Default for ServerSettings {
             header_read_timeout_ms: 5_000,
             max_headers: 64,
             max_header_bytes: 16 * 1024,
+            metrics: true,
             max_concurrent_requests: 512,
         }
     }
@@ -892,7 +896,10 @@ mod tests {
             Err(ConfigError::Invalid(_))
         ));
         let empty = "[sources.s]\nprovider = \"github\"\nsecrets = [\"\"]";
-        let err = Settings::from_parts(empty, []).unwrap().resolve_sources(|_| None).unwrap_err();
+        let err = Settings::from_parts(empty, [])
+            .unwrap()
+            .resolve_sources(|_| None)
+            .unwrap_err();
         assert!(err.to_string().contains("empty secret"), "{err}");
         let no_header = "[sources.s]\nprovider = \"shared_secret\"\nsecrets = [\"x\"]";
         let s = Settings::from_parts(no_header, []).unwrap();

@@ -329,3 +329,35 @@ async fn beyond_the_concurrency_cap_requests_get_503_not_a_backlog() {
     );
     ingest.stop().await;
 }
+
+#[tokio::test]
+async fn metrics_can_be_turned_off_on_a_public_ingest() {
+    let mut env = TestEnv::new();
+    let client = reqwest::Client::new();
+    let on = spawn_ingest(&env, Arc::new(env.queue())).await;
+    let text = client
+        .get(format!("{}/metrics", on.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("# TYPE hookline_ingest_requests_total counter"),
+        "{text}"
+    );
+    on.stop().await;
+    env.settings.server.metrics = false;
+    let off = spawn_ingest(&env, Arc::new(env.queue())).await;
+    assert_eq!(
+        client
+            .get(format!("{}/metrics", off.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    off.stop().await;
+}
