@@ -42,47 +42,48 @@ pub async fn open_publisher(settings: &Settings) -> anyhow::Result<Arc<dyn Publi
     })
 }
 
+/// Which subscription to open: the worker's, or the operators' on the dead-letter side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Main,
+    DeadLetters,
+}
+
+async fn open_side(settings: &Settings, side: Side) -> anyhow::Result<Arc<dyn Subscriber>> {
+    if settings.queue.backend == QueueBackend::Embedded {
+        let queue = open_embedded(settings)?;
+        return Ok(match side {
+            Side::Main => Arc::new(queue.subscriber()),
+            Side::DeadLetters => Arc::new(queue.dead_letter_subscriber()),
+        });
+    }
+    let p = &settings.queue.pubsub;
+    let connection = Connection::from_settings(settings)?;
+    // The worker forwards permanent failures to the dead-letter topic; the operators'
+    // subscription is the end of the line.
+    let (name, outstanding, dead_letter_topic) = match side {
+        Side::Main => (
+            &p.subscription,
+            settings.worker.concurrency,
+            Some(p.dead_letter_topic.as_str()),
+        ),
+        Side::DeadLetters => (&p.dead_letter_subscription, 32, None),
+    };
+    let deadline = Duration::from_secs(u64::from(p.ack_deadline_secs));
+    let subscription =
+        PubSubSubscription::open(&connection, name, outstanding, deadline, dead_letter_topic)
+            .await
+            .with_context(|| format!("opening the Pub/Sub subscription {name}"))?;
+    Ok(Arc::new(subscription))
+}
+
 /// The subscription the worker pulls from.
 pub async fn open_subscriber(settings: &Settings) -> anyhow::Result<Arc<dyn Subscriber>> {
-    Ok(match settings.queue.backend {
-        QueueBackend::Embedded => Arc::new(open_embedded(settings)?.subscriber()),
-        QueueBackend::Pubsub => {
-            let p = &settings.queue.pubsub;
-            let connection = Connection::from_settings(settings)?;
-            Arc::new(
-                PubSubSubscription::open(
-                    &connection,
-                    &p.subscription,
-                    settings.worker.concurrency,
-                    Duration::from_secs(u64::from(p.ack_deadline_secs)),
-                    Some(&p.dead_letter_topic),
-                )
-                .await
-                .context("opening the Pub/Sub subscription")?,
-            )
-        }
-    })
+    open_side(settings, Side::Main).await
 }
 
 /// The dead-letter side, for operators: the embedded queue's dead-letter topic, or the
 /// Pub/Sub operators' subscription on the dead-letter topic.
 pub async fn open_dead_letters(settings: &Settings) -> anyhow::Result<Arc<dyn Subscriber>> {
-    Ok(match settings.queue.backend {
-        QueueBackend::Embedded => Arc::new(open_embedded(settings)?.dead_letter_subscriber()),
-        QueueBackend::Pubsub => {
-            let p = &settings.queue.pubsub;
-            let connection = Connection::from_settings(settings)?;
-            Arc::new(
-                PubSubSubscription::open(
-                    &connection,
-                    &p.dead_letter_subscription,
-                    32,
-                    Duration::from_secs(60),
-                    None,
-                )
-                .await
-                .context("opening the dead-letter subscription")?,
-            )
-        }
-    })
+    open_side(settings, Side::DeadLetters).await
 }

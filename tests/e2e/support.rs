@@ -6,12 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use hookline_ingest::AppState;
 use hookline_shared::config::Settings;
 use hookline_shared::queue::Publisher;
 use hookline_shared::queue::embedded::{EmbeddedQueue, MAIN_TOPIC};
-use hookline_shared::verify::Provider;
 use hookline_worker::Pipeline;
 use secrecy::SecretString;
 use tokio::sync::oneshot;
@@ -218,46 +216,9 @@ pub async fn spawn_worker(
     }
 }
 
-/// Headers GitHub would send for `body`, signed with `secret`.
-pub fn github_headers(
-    secret: &str,
-    body: &[u8],
-    event: &str,
-    delivery: &str,
-) -> Vec<(String, String)> {
-    let mut h = Provider::Github.sign(secret, body, Utc::now(), delivery, event);
-    h.push(("Content-Type".into(), "application/json".into()));
-    h
-}
-
-pub async fn post(
-    url: &str,
-    headers: &[(String, String)],
-    body: impl Into<reqwest::Body>,
-) -> (u16, serde_json::Value, reqwest::header::HeaderMap) {
-    let mut req = reqwest::Client::new().post(url).body(body);
-    for (k, v) in headers {
-        req = req.header(k, v);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let text = resp.text().await.unwrap();
-    let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
-    (status, json, headers)
-}
-
-/// Polls `check` until it returns true or `timeout` passes.
-pub async fn wait_for(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let until = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < until {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    check().await
-}
+#[path = "../fixtures/http.rs"]
+mod http;
+pub use http::{github_headers, post, wait_for};
 
 #[path = "../fixtures/slack.rs"]
 mod slack_fixture;

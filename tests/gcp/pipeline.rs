@@ -33,7 +33,7 @@ async fn signed_issue_flows_through_pubsub_to_storage_bigquery_and_slack() {
 
     let body = ISSUES_OPENED.as_bytes().to_vec();
     let delivery = "5f1d6c2e-4a9e-11ef-9c1e-2a5b3c4d5e6f";
-    let (status, json) = post(
+    let (status, json, _) = post(
         &format!("{url}/hooks/gh"),
         &github_headers(&body, "issues", delivery),
         body.clone(),
@@ -108,7 +108,7 @@ async fn bodies_over_the_message_limit_travel_as_a_claim_check() {
     // 10.5 MB of valid JSON: over Pub/Sub's 10 MB message limit.
     let padding = "x".repeat(10_500_000);
     let body = format!(r#"{{"ref":"refs/heads/main","padding":"{padding}"}}"#).into_bytes();
-    let (status, json) = post(
+    let (status, json, _) = post(
         &format!("{url}/hooks/gh"),
         &github_headers(&body, "push", "big-1"),
         body.clone(),
@@ -166,7 +166,7 @@ async fn a_permanent_failure_is_dead_lettered_with_its_reason() {
 
     // An `issues` `opened` event without the fields the Slack message needs.
     let body = br#"{"action":"opened","issue":{"title":"no link, no author"}}"#.to_vec();
-    let (status, _) = post(
+    let (status, _, _) = post(
         &format!("{url}/hooks/gh"),
         &github_headers(&body, "issues", "poison-1"),
         body.clone(),
@@ -209,7 +209,7 @@ async fn a_provider_resend_has_no_second_effect_on_the_cloud_ledger() {
     let worker = spawn_worker(&env, None).await;
     let body = br#"{"ref":"refs/heads/main","after":"abc123"}"#.to_vec();
     for _ in 0..2 {
-        let (status, _) = post(
+        let (status, _, _) = post(
             &format!("{url}/hooks/gh"),
             &github_headers(&body, "push", "resent-gcp"),
             body.clone(),

@@ -72,7 +72,7 @@ async fn the_emulator_pushes_to_the_worker_and_the_sinks_fill() {
 
     let (url, ingest) = spawn_ingest(&env).await;
     let body = ISSUES_OPENED.as_bytes().to_vec();
-    let (status, _) = post(
+    let (status, _, _) = post(
         &format!("{url}/hooks/gh"),
         &github_headers(&body, "issues", "pushed-1"),
         body.clone(),

@@ -14,7 +14,7 @@ async fn dead_letters_replay_back_to_the_main_topic() {
     let (url, ingest) = spawn_ingest(&env).await;
     let worker = spawn_worker(&env, None).await;
     let body = br#"{"action":"opened","issue":{"title":"no link, no author"}}"#.to_vec();
-    let (status, _) = post(
+    let (status, _, _) = post(
         &format!("{url}/hooks/gh"),
         &github_headers(&body, "issues", "replay-me"),
         body.clone(),

@@ -7,10 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use chrono::Utc;
 use hookline_ingest::AppState;
 use hookline_shared::config::Settings;
-use hookline_shared::verify::Provider;
 use hookline_worker::Pipeline;
 use secrecy::SecretString;
 use tokio::sync::oneshot;
@@ -18,6 +16,10 @@ use tokio::sync::oneshot;
 pub const GITHUB_SECRET: &str = "gh-gcp-secret";
 pub const PROJECT: &str = "hookline-test";
 pub const ISSUES_OPENED: &str = include_str!("../../examples/payloads/github-issues-opened.json");
+#[path = "../fixtures/http.rs"]
+mod http;
+pub use http::{post, wait_for};
+
 const BIN: &str = env!("CARGO_BIN_EXE_hookline");
 const EMULATOR_VARS: [&str; 3] = [
     "PUBSUB_EMULATOR_HOST",
@@ -311,38 +313,7 @@ pub async fn spawn_worker(env: &GcpEnv, slack_url: Option<String>) -> Running<()
     }
 }
 
+/// Headers GitHub would send for `body`, signed with this suite's secret.
 pub fn github_headers(body: &[u8], event: &str, delivery: &str) -> Vec<(String, String)> {
-    let mut h = Provider::Github.sign(GITHUB_SECRET, body, Utc::now(), delivery, event);
-    h.push(("Content-Type".into(), "application/json".into()));
-    h
-}
-
-pub async fn post(
-    url: &str,
-    headers: &[(String, String)],
-    body: Vec<u8>,
-) -> (u16, serde_json::Value) {
-    let mut req = reqwest::Client::new().post(url).body(body);
-    for (k, v) in headers {
-        req = req.header(k, v);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
-    )
-}
-
-/// Polls `check` until it returns true or `timeout` passes.
-pub async fn wait_for(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let until = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < until {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    check().await
+    http::github_headers(GITHUB_SECRET, body, event, delivery)
 }

@@ -218,10 +218,9 @@ impl Provider {
         let json = || parse_json_object(body, content_type);
         let described = match self {
             Self::Github => github::describe(headers, body),
-            Self::Flexport => flexport::describe(json(), body),
+            Self::Flexport | Self::Stripe { .. } => body_type_and_id(json(), body),
             Self::Shopify => shopify::describe(headers, body),
             Self::Slack { .. } => slack::describe(json(), body),
-            Self::Stripe { .. } => stripe::describe(json(), body),
             Self::StandardWebhooks { .. } => standard_webhooks::describe(headers, json(), body),
             Self::SharedSecret {
                 delivery_id_header,
@@ -358,6 +357,20 @@ fn json_id(value: Option<&serde_json::Value>) -> Option<String> {
         serde_json::Value::Number(n) => Some(n.to_string()),
         _ => None,
     }
+}
+
+/// Event type and delivery id from a JSON body's `type` and `id` (Flexport, Stripe).
+fn body_type_and_id(
+    json: Option<serde_json::Map<String, serde_json::Value>>,
+    body: &[u8],
+) -> Described {
+    let event_type = json
+        .as_ref()
+        .and_then(|m| m.get("type"))
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned);
+    let id = json.as_ref().and_then(|m| json_id(m.get("id")));
+    described(event_type, id, DeliveryIdOrigin::Body, body)
 }
 
 /// The delivery id used when a provider sends none: identical bodies get identical ids, so a

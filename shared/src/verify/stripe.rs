@@ -6,12 +6,8 @@
 
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
-use serde_json::{Map, Value};
 
-use super::{
-    Algorithm, DeliveryIdOrigin, Described, HeaderLookup, SignatureError, Verified, described,
-    json_id, single, window,
-};
+use super::{Algorithm, HeaderLookup, SignatureError, Verified, single, window};
 
 pub(super) const SIG: &str = "Stripe-Signature";
 
@@ -66,16 +62,6 @@ pub(super) fn verify(
             scheme: "v1",
         })
         .ok_or(SignatureError::Mismatch)
-}
-
-pub(super) fn describe(json: Option<Map<String, Value>>, body: &[u8]) -> Described {
-    let event_type = json
-        .as_ref()
-        .and_then(|m| m.get("type"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    let id = json.as_ref().and_then(|m| json_id(m.get("id")));
-    described(event_type, id, DeliveryIdOrigin::Body, body)
 }
 
 pub(super) fn sign(secret: &str, body: &[u8], now: DateTime<Utc>) -> Vec<(String, String)> {
