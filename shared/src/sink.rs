@@ -91,8 +91,10 @@ pub trait Warehouse: Send + Sync + std::fmt::Debug {
 ///
 /// Keyed by (source, delivery id), so redeliveries of a message *and* a provider's resend
 /// of the same delivery (a new request, a new receive time) find what is already done.
-/// Steps are `archive` (its note is the object name, so a resend points at the first
-/// object instead of writing a second), `warehouse`, `slack.intent` and `slack`.
+/// Steps are `archive.name` (the object name, claimed before writing, so every copy of a
+/// delivery — redeliveries, a provider's resend with a new receive time, even two copies
+/// processed at once — writes the first name), `archive`, `warehouse`, `slack.intent` and
+/// `slack`.
 /// Recording is create-only: the first record of a step stays.
 #[async_trait]
 pub trait Ledger: Send + Sync + std::fmt::Debug {
@@ -117,4 +119,25 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
         step: &str,
         note: &str,
     ) -> Result<(), SinkError>;
+
+    /// Records `proposed` for `step` unless a note is already there, and returns the note
+    /// that won. Create-only recording makes this a claim: copies of a delivery processed
+    /// at the same time all end up with the first name.
+    ///
+    /// # Errors
+    /// Classified per engine.
+    async fn claim(
+        &self,
+        source: &str,
+        delivery_id: &str,
+        step: &str,
+        proposed: &str,
+    ) -> Result<String, SinkError> {
+        self.record(source, delivery_id, step, proposed).await?;
+        Ok(self
+            .done(source, delivery_id)
+            .await?
+            .remove(step)
+            .unwrap_or_else(|| proposed.to_owned()))
+    }
 }

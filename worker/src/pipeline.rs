@@ -185,12 +185,24 @@ impl Pipeline {
             Ok(done) => done,
             Err(e) => return settle("ledger", e),
         };
-        // A provider's resend arrives with a new receive time; the ledger keeps the name of
-        // the object the first copy was archived under.
-        let object = done
-            .get("archive")
-            .cloned()
-            .unwrap_or_else(|| archive_name::object_name(&envelope.meta));
+        // A provider's resend arrives with a new receive time: the first copy's claimed
+        // name wins, so every copy writes the same object.
+        let object = match done.get("archive.name") {
+            Some(name) => name.clone(),
+            None => {
+                let proposed = archive_name::object_name(&envelope.meta);
+                let claim = self
+                    .retry
+                    .run("ledger", || {
+                        self.ledger.claim(source, id, "archive.name", &proposed)
+                    })
+                    .await;
+                match claim {
+                    Ok(name) => name,
+                    Err(e) => return settle("ledger", e),
+                }
+            }
+        };
 
         if !done.contains_key("archive") {
             if let Err(e) = timed(
@@ -419,8 +431,8 @@ pub(crate) mod tests {
             .record("gh", "window-2", "slack.intent", "")
             .await
             .unwrap();
-        for step in ["archive", "warehouse"] {
-            let note = if step == "archive" {
+        for step in ["archive.name", "archive", "warehouse"] {
+            let note = if step.starts_with("archive") {
                 archive_name::object_name(&crashed.meta)
             } else {
                 String::new()
@@ -436,6 +448,28 @@ pub(crate) mod tests {
                 .contains("hookline_slack_possible_duplicates_total 1\n")
         );
         slack.verify().await; // window-1 once, window-2 once
+    }
+
+    #[tokio::test]
+    async fn copies_of_one_delivery_processed_at_once_write_one_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let warehouse = SqliteWarehouse::open(&dir.path().join("w.sqlite3")).unwrap();
+        let p = pipeline(dir.path(), Arc::new(warehouse));
+        // A provider's resend: same delivery id, received a second later.
+        let first = envelope("twin", "push");
+        let mut second = first.clone();
+        second.meta.received_at += chrono::Duration::seconds(1);
+        assert_ne!(archive_name::object_name(&first.meta), archive_name::object_name(&second.meta));
+        let (a, b) = tokio::join!(p.handle(&first, 1), p.handle(&second, 1));
+        assert_eq!((a, b), (Disposition::Ack, Disposition::Ack));
+        let mut objects = Vec::new();
+        for day in std::fs::read_dir(dir.path().join("archive/gh")).unwrap() {
+            objects.extend(std::fs::read_dir(day.unwrap().path()).unwrap().map(|e| e.unwrap().file_name()));
+        }
+        assert_eq!(objects.len(), 1, "{objects:?}");
+        let conn = rusqlite::Connection::open(dir.path().join("w.sqlite3")).unwrap();
+        let rows: i64 = conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 1);
     }
 
     pub(crate) fn envelope(delivery_id: &str, event_type: &str) -> Envelope {

@@ -211,8 +211,8 @@ impl Ledger for GcsArchive {
         let mut done = BTreeMap::new();
         for name in self.list(&dir).await? {
             let step = name[dir.len()..].to_owned();
-            // Only the archive step carries a note worth a read (the object name).
-            let note = if step == "archive" {
+            // Only the archive name carries a note worth a read.
+            let note = if step == "archive.name" {
                 String::from_utf8_lossy(&self.get(&name).await?).into_owned()
             } else {
                 String::new()
