@@ -459,16 +459,25 @@ pub(crate) mod tests {
         let first = envelope("twin", "push");
         let mut second = first.clone();
         second.meta.received_at += chrono::Duration::seconds(1);
-        assert_ne!(archive_name::object_name(&first.meta), archive_name::object_name(&second.meta));
+        assert_ne!(
+            archive_name::object_name(&first.meta),
+            archive_name::object_name(&second.meta)
+        );
         let (a, b) = tokio::join!(p.handle(&first, 1), p.handle(&second, 1));
         assert_eq!((a, b), (Disposition::Ack, Disposition::Ack));
         let mut objects = Vec::new();
         for day in std::fs::read_dir(dir.path().join("archive/gh")).unwrap() {
-            objects.extend(std::fs::read_dir(day.unwrap().path()).unwrap().map(|e| e.unwrap().file_name()));
+            objects.extend(
+                std::fs::read_dir(day.unwrap().path())
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name()),
+            );
         }
         assert_eq!(objects.len(), 1, "{objects:?}");
         let conn = rusqlite::Connection::open(dir.path().join("w.sqlite3")).unwrap();
-        let rows: i64 = conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0)).unwrap();
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(rows, 1);
     }
 
