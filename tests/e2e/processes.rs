@@ -5,6 +5,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::support::http::free_port;
 use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hookline");
@@ -40,14 +41,6 @@ fn terminate(mut child: Child) {
     }
     child.kill().unwrap();
     panic!("process did not exit within 10 s of SIGTERM");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]

@@ -217,7 +217,7 @@ pub async fn spawn_worker(
 }
 
 #[path = "../fixtures/http.rs"]
-mod http;
+pub mod http;
 pub use http::{github_headers, post, wait_for};
 
 #[path = "../fixtures/slack.rs"]

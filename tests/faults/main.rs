@@ -28,8 +28,10 @@ use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 #[path = "../fixtures/http.rs"]
-#[allow(dead_code)] // this binary only signs
+#[allow(dead_code)] // this binary only signs and picks ports
 mod http;
+
+use http::free_port;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hookline");
 const SECRET: &str = "faults-secret";
@@ -87,28 +89,46 @@ struct Stack {
 
 impl Stack {
     fn spawn(&self, service: &str, port: u16, run: u32) -> Child {
-        let log =
-            std::fs::File::create(self.dir.path().join(format!("{service}-{run}.log"))).unwrap();
-        Command::new(BIN)
-            .args([
-                "--config",
-                self.config.to_str().unwrap(),
-                "--log-format",
-                "json",
-                service,
-            ])
-            .env("PORT", port.to_string())
-            .env("FAULTS_SLACK_URL", &self.slack_url)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap()
+        spawn_service(
+            &self.config,
+            self.dir.path(),
+            &self.slack_url,
+            service,
+            port,
+            run,
+        )
     }
 
     fn archive(&self) -> PathBuf {
         self.settings.archive.local.root.clone()
     }
+}
+
+/// Starts `hookline SERVICE` on `port`, its log in `dir/SERVICE-RUN.log`.
+fn spawn_service(
+    config: &Path,
+    dir: &Path,
+    slack_url: &str,
+    service: &str,
+    port: u16,
+    run: u32,
+) -> Child {
+    let log = std::fs::File::create(dir.join(format!("{service}-{run}.log"))).unwrap();
+    Command::new(BIN)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--log-format",
+            "json",
+            service,
+        ])
+        .env("PORT", port.to_string())
+        .env("FAULTS_SLACK_URL", slack_url)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
 }
 
 fn kill9(mut child: Child) {
@@ -121,14 +141,6 @@ fn terminate(mut child: Child) {
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn body(i: usize) -> (Vec<u8>, &'static str) {
@@ -317,22 +329,7 @@ secrets = ["{SECRET}"]
                     kill9(child);
                 }
                 n += 1;
-                let log = std::fs::File::create(dir.join(format!("worker-{n}.log"))).unwrap();
-                let child = Command::new(BIN)
-                    .args([
-                        "--config",
-                        stack_cfg.to_str().unwrap(),
-                        "--log-format",
-                        "json",
-                        "worker",
-                    ])
-                    .env("PORT", worker_port.to_string())
-                    .env("FAULTS_SLACK_URL", &slack_url)
-                    .env("RUST_LOG", "warn")
-                    .stdout(Stdio::null())
-                    .stderr(log)
-                    .spawn()
-                    .unwrap();
+                let child = spawn_service(&stack_cfg, &dir, &slack_url, "worker", worker_port, n);
                 *worker.lock().unwrap() = Some(child);
             }
         })

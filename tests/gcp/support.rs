@@ -17,6 +17,7 @@ pub const GITHUB_SECRET: &str = "gh-gcp-secret";
 pub const PROJECT: &str = "hookline-test";
 pub const ISSUES_OPENED: &str = include_str!("../../examples/payloads/github-issues-opened.json");
 #[path = "../fixtures/http.rs"]
+#[allow(dead_code)] // shared fixture; this binary needs no free ports
 mod http;
 pub use http::{post, wait_for};
 
