@@ -125,6 +125,10 @@ pub enum QueueBackend {
     #[default]
     Embedded,
     Pubsub,
+    /// Benchmarks only: ingest verifies and answers 200, then throws the message away. It
+    /// measures the ceiling of receive + verify (BENCHMARKS.md, contender 1); ingest logs a
+    /// warning at start and the worker refuses it.
+    BenchDiscard,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -316,6 +320,12 @@ pub struct SlackSettings {
     /// Which events notify. Default: GitHub `issues` with action `opened`.
     pub notify: Vec<NotifyRule>,
     pub timeout_ms: u64,
+    /// Least time between two posts from this worker: Slack's incoming webhooks take about
+    /// one message per second per webhook and answer 429 beyond.
+    pub min_interval_ms: u64,
+    /// The longest a post waits for its turn in-process; a longer queue hands the message
+    /// back to the queue (nack) so leases are not held for minutes.
+    pub max_pacing_wait_ms: u64,
 }
 
 impl Default for SlackSettings {
@@ -329,6 +339,8 @@ impl Default for SlackSettings {
                 actions: vec!["opened".into()],
             }],
             timeout_ms: 10_000,
+            min_interval_ms: 1_000,
+            max_pacing_wait_ms: 20_000,
         }
     }
 }

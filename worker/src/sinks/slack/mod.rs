@@ -7,7 +7,9 @@
 //! mistyped URL will not fix itself by retrying).
 
 mod message;
+mod pacer;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hookline_shared::config::{NotifyRule, SlackSettings};
@@ -18,6 +20,7 @@ use reqwest::header::RETRY_AFTER;
 use secrecy::{ExposeSecret, SecretString};
 
 pub use message::SlackMessage;
+use pacer::{Busy, Pacer};
 
 /// The longest `Retry-After` we honour in-process; longer waits go back to the queue.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -27,6 +30,8 @@ pub struct Slack {
     url: Option<SecretString>,
     rules: Vec<NotifyRule>,
     client: reqwest::Client,
+    /// Shared by clones: one pace per worker process.
+    pacer: Arc<Pacer>,
 }
 
 impl Slack {
@@ -43,6 +48,10 @@ impl Slack {
             url,
             rules: settings.notify.clone(),
             client,
+            pacer: Arc::new(Pacer::new(
+                Duration::from_millis(settings.min_interval_ms),
+                Duration::from_millis(settings.max_pacing_wait_ms),
+            )),
         })
     }
 
@@ -82,6 +91,13 @@ impl Slack {
             tracing::info!(slack_text = %msg.text, "slack message (no webhook URL configured, logged instead)");
             return Ok(Outcome::Written);
         };
+        if let Err(Busy(wait)) = self.pacer.wait_turn().await {
+            return Err(SinkError::Transient {
+                message: format!("slack posts are paced; the next free slot is {wait:?} away"),
+                retry_after: Some(wait),
+                source: None,
+            });
+        }
         let response = self
             .client
             .post(url.expose_secret())
@@ -104,6 +120,12 @@ impl Slack {
             "slack answered {status}: {}",
             body.chars().take(200).collect::<String>()
         );
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            self.pacer.back_off(
+                tokio::time::Instant::now(),
+                retry_after.unwrap_or(Duration::from_secs(1)),
+            );
+        }
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
             Err(SinkError::Transient {
                 message: detail,
@@ -261,5 +283,60 @@ mod tests {
         );
         let msg = s.message_for(&issue("opened")).unwrap().unwrap();
         assert!(s.post(&msg).await.unwrap_err().is_transient());
+    }
+
+    /// Records when each request arrived.
+    struct Clock(Arc<std::sync::Mutex<Vec<std::time::Instant>>>);
+
+    impl wiremock::Respond for Clock {
+        fn respond(&self, _: &wiremock::Request) -> ResponseTemplate {
+            self.0.lock().unwrap().push(std::time::Instant::now());
+            ResponseTemplate::new(200)
+        }
+    }
+
+    #[tokio::test]
+    async fn posts_are_paced_and_a_long_backlog_goes_back_to_the_queue() {
+        let server = MockServer::start().await;
+        let arrivals = Arc::new(std::sync::Mutex::new(Vec::new()));
+        Mock::given(method("POST"))
+            .respond_with(Clock(arrivals.clone()))
+            .mount(&server)
+            .await;
+        let settings = SlackSettings {
+            min_interval_ms: 200,
+            max_pacing_wait_ms: 500,
+            ..SlackSettings::default()
+        };
+        let s = Slack::new(&settings, Some(format!("{}/hook", server.uri()).into())).unwrap();
+        let msg = s.message_for(&issue("opened")).unwrap().unwrap();
+        // Four posts at once: three get slots 0, 200 and 400 ms; the fourth would wait
+        // 600 ms > 500 ms and is handed back with that wait as Retry-After.
+        let (a, b, c, d) = tokio::join!(s.post(&msg), s.post(&msg), s.post(&msg), s.post(&msg));
+        let outcomes = [a, b, c, d];
+        let busy: Vec<_> = outcomes.iter().filter(|o| o.is_err()).collect();
+        assert_eq!(busy.len(), 1, "{outcomes:?}");
+        match busy[0] {
+            Err(SinkError::Transient { retry_after, .. }) => {
+                // 600 ms from the first post's clock read, a little less from its own.
+                let wait = retry_after.expect("a wait");
+                assert!(
+                    wait > Duration::from_millis(500) && wait <= Duration::from_millis(600),
+                    "{wait:?}"
+                );
+            }
+            other => panic!("a full pace must be transient: {other:?}"),
+        }
+        let mut times = arrivals.lock().unwrap().clone();
+        times.sort();
+        assert_eq!(times.len(), 3);
+        for pair in times.windows(2) {
+            // Slots are exactly 200 ms apart; allow for the clock read in the responder.
+            assert!(
+                pair[1] - pair[0] >= Duration::from_millis(190),
+                "posts {:?} apart",
+                pair[1] - pair[0]
+            );
+        }
     }
 }
