@@ -11,23 +11,45 @@ use crate::support::*;
 const BIN: &str = env!("CARGO_BIN_EXE_hookline");
 
 fn spawn(env: &TestEnv, service: &str, port: u16) -> Child {
-    Command::new(BIN)
-        .args([
-            "--config",
-            env.config_path().to_str().unwrap(),
-            "--log-format",
-            "json",
-            service,
-        ])
-        .env("PORT", port.to_string())
-        .env_remove("HOOKLINE_TEST_SLACK_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    spawn_with(env, service, port, None, Stdio::null())
 }
 
-fn terminate(mut child: Child) {
+/// `slack`: the webhook URL for the worker; `log`: where its JSON log lines go.
+fn spawn_with(
+    env: &TestEnv,
+    service: &str,
+    port: u16,
+    slack: Option<&str>,
+    log: impl Into<Stdio>,
+) -> Child {
+    let mut cmd = Command::new(BIN);
+    match slack {
+        Some(url) => cmd.env("HOOKLINE_TEST_SLACK_URL", url),
+        None => cmd.env_remove("HOOKLINE_TEST_SLACK_URL"),
+    };
+    cmd.args([
+        "--config",
+        env.config_path().to_str().unwrap(),
+        "--log-format",
+        "json",
+        service,
+    ])
+    .env("PORT", port.to_string())
+    .env("RUST_LOG", "info")
+    .stdout(Stdio::null())
+    .stderr(log)
+    .spawn()
+    .unwrap()
+}
+
+fn terminate(child: Child) {
+    let took = terminate_timed(child);
+    assert!(took < Duration::from_secs(10), "exit took {took:?}");
+}
+
+/// SIGTERM, then waits for a successful exit; panics after Cloud Run's 10 s.
+fn terminate_timed(mut child: Child) -> Duration {
+    let start = std::time::Instant::now();
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -35,7 +57,7 @@ fn terminate(mut child: Child) {
     while std::time::Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {
             assert!(status.success(), "graceful exit expected, got {status}");
-            return;
+            return start.elapsed();
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -207,4 +229,145 @@ async fn gcp_log_format_is_what_cloud_logging_reads() {
         !stderr.contains("Webhook deliveries time out"),
         "no body in the logs"
     );
+}
+
+/// A Slack whose first answer takes `first_delay`; later ones are immediate.
+struct SlowFirstSlack {
+    first_delay: Duration,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl wiremock::Respond for SlowFirstSlack {
+    fn respond(&self, _: &wiremock::Request) -> wiremock::ResponseTemplate {
+        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let ok = wiremock::ResponseTemplate::new(200).set_body_string("ok");
+        if n == 0 {
+            ok.set_delay(self.first_delay)
+        } else {
+            ok
+        }
+    }
+}
+
+/// Starts ingest and a worker whose Slack is slow on its first post, sends one `issues`
+/// delivery, and SIGTERMs the worker once it is posting. Returns what the test inspects.
+async fn sigterm_while_posting(
+    first_delay: Duration,
+) -> (TestEnv, Child, u16, wiremock::MockServer, Duration, String) {
+    let env = TestEnv::new();
+    let slack = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(SlowFirstSlack {
+            first_delay,
+            calls: 0.into(),
+        })
+        .mount(&slack)
+        .await;
+    let slack_url = format!("{}/hook", slack.uri());
+    let port = free_port();
+    let ingest = spawn(&env, "ingest", port);
+    let log_path = env.dir.path().join("worker.log");
+    let worker = spawn_with(
+        &env,
+        "worker",
+        free_port(),
+        Some(&slack_url),
+        std::fs::File::create(&log_path).unwrap(),
+    );
+    let client = reqwest::Client::new();
+    assert!(
+        wait_for(Duration::from_secs(20), async || client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200))
+        .await
+    );
+    let body = ISSUES_OPENED.as_bytes();
+    let (status, _, _) = post(
+        &format!("http://127.0.0.1:{port}/hooks/gh"),
+        &github_headers(GITHUB_SECRET, body, "issues", "drain-1"),
+        body.to_vec(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // Slack is the last step: once it has the request, the message is in flight.
+    assert!(
+        wait_for(Duration::from_secs(20), async || !slack
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .is_empty())
+        .await,
+        "the worker never posted to Slack"
+    );
+    let took = terminate_timed(worker);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    (env, ingest, port, slack, took, log)
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_message_finish() {
+    let (env, ingest, _, slack, took, log) = sigterm_while_posting(Duration::from_secs(2)).await;
+    assert!(
+        took >= Duration::from_millis(1500),
+        "it waited for Slack: {took:?}"
+    );
+    assert_eq!(env.row_count(), 1);
+    assert_eq!(env.archived().len(), 1);
+    assert_eq!(slack.received_requests().await.unwrap().len(), 1);
+    assert_eq!(env.queue_depth().await, (0, 0), "acked before exit:\n{log}");
+    assert!(!log.contains("drain deadline passed"), "{log}");
+    terminate(ingest);
+}
+
+#[tokio::test]
+async fn sigterm_nacks_what_cannot_finish_within_the_drain_deadline() {
+    let (env, ingest, _, slack, took, log) = sigterm_while_posting(Duration::from_secs(60)).await;
+    // 8 s of drain, then the nack: inside Cloud Run's 10 s.
+    assert!(took >= Duration::from_secs(8), "drained first: {took:?}");
+    assert!(
+        log.contains("drain deadline passed; nacking what is still in flight"),
+        "{log}"
+    );
+    assert!(
+        log.contains("\"sink\":\"shutdown\""),
+        "the nack names the shutdown:\n{log}"
+    );
+    // Nacked, not left to its lease: visible again within the queue's backoff (<= 200 ms).
+    assert!(
+        wait_for(Duration::from_millis(1500), async || env
+            .queue_depth()
+            .await
+            == (1, 0))
+        .await,
+        "not handed back: {:?}",
+        env.queue_depth().await
+    );
+    // The archive and the row were written before Slack; a new worker finds them done in
+    // the ledger and posts to Slack again: the abandoned post is the documented window
+    // (Slack may have had it), counted as a possible duplicate.
+    let worker_port = free_port();
+    let slack_url = format!("{}/hook", slack.uri());
+    let worker = spawn_with(&env, "worker", worker_port, Some(&slack_url), Stdio::null());
+    assert!(
+        wait_for(Duration::from_secs(20), async || env.queue_depth().await
+            == (0, 0))
+        .await
+    );
+    assert_eq!(env.row_count(), 1);
+    assert_eq!(env.archived().len(), 1);
+    assert_eq!(slack.received_requests().await.unwrap().len(), 2);
+    let metrics = reqwest::get(format!("http://127.0.0.1:{worker_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("hookline_slack_possible_duplicates_total 1\n"),
+        "{metrics}"
+    );
+    terminate(worker);
+    terminate(ingest);
 }

@@ -2,8 +2,10 @@
 //! own task, settle it with the queue, repeat until shutdown.
 //!
 //! On shutdown the loop stops pulling and gives in-flight messages until the drain deadline
-//! to finish; anything still running then is abandoned, and its lease runs out so the queue
-//! delivers it again (effects are idempotent, so nothing is lost or doubled).
+//! to finish; anything still running then is stopped where it is and nacked, so the queue
+//! delivers it again at once rather than after its lease (effects are idempotent and the
+//! ledger remembers finished steps, so nothing is lost or doubled). A nack that cannot be
+//! sent in time is dropped: the lease runs out and the message comes back all the same.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,6 +24,28 @@ const PULL_WAIT: Duration = Duration::from_secs(1);
 /// smallest ack deadline (10 s is Pub/Sub's minimum), whatever the configured one.
 const LEASE_EXTEND_EVERY: Duration = Duration::from_secs(10);
 const LEASE_EXTEND_BY: Duration = Duration::from_secs(60);
+/// After the drain deadline, how long the abandoned messages get to send their nacks.
+const NACK_GRACE: Duration = Duration::from_secs(1);
+
+/// Tells in-flight work to stop and hand its message back to the queue.
+#[derive(Debug, Clone)]
+pub struct Abandon(Option<tokio::sync::watch::Receiver<bool>>);
+
+impl Abandon {
+    /// For work that is never abandoned (push requests: Pub/Sub retries them by itself).
+    pub fn never() -> Self {
+        Self(None)
+    }
+
+    async fn requested(&mut self) {
+        if let Some(rx) = &mut self.0
+            && rx.wait_for(|abandon| *abandon).await.is_ok()
+        {
+            return;
+        }
+        std::future::pending().await
+    }
+}
 
 /// Runs until `shutdown` resolves, then drains for at most `drain`.
 pub async fn run(
@@ -32,6 +56,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let (abandon_tx, abandon_rx) = tokio::sync::watch::channel(false);
     let mut in_flight = JoinSet::new();
     loop {
         while in_flight.try_join_next().is_some() {}
@@ -49,7 +74,11 @@ pub async fn run(
         match pulled {
             Ok(deliveries) => {
                 for delivery in deliveries {
-                    in_flight.spawn(process(Arc::clone(&pipeline), delivery));
+                    in_flight.spawn(process(
+                        Arc::clone(&pipeline),
+                        delivery,
+                        Abandon(Some(abandon_rx.clone())),
+                    ));
                 }
             }
             Err(e) => {
@@ -66,15 +95,26 @@ pub async fn run(
     if drained.is_err() {
         tracing::warn!(
             abandoned = in_flight.len(),
-            "drain deadline passed; leases will expire and redeliver"
+            "drain deadline passed; nacking what is still in flight"
         );
-        in_flight.abort_all();
+        let _ = abandon_tx.send(true);
+        let nacked = tokio::time::timeout(NACK_GRACE, async {
+            while in_flight.join_next().await.is_some() {}
+        })
+        .await;
+        if nacked.is_err() {
+            tracing::warn!(
+                left = in_flight.len(),
+                "nacks not confirmed in time; those leases will expire and redeliver"
+            );
+            in_flight.abort_all();
+        }
     }
     subscriber.close().await;
 }
 
 /// Runs one delivery through the pipeline and settles it.
-pub async fn process(pipeline: Arc<Pipeline>, delivery: Delivery) {
+pub async fn process(pipeline: Arc<Pipeline>, delivery: Delivery, mut abandon: Abandon) {
     let span = tracing::info_span!(
         "message",
         message_id = %delivery.message_id,
@@ -115,6 +155,10 @@ pub async fn process(pipeline: Arc<Pipeline>, delivery: Delivery) {
             loop {
                 tokio::select! {
                     d = &mut work => break d,
+                    () = abandon.requested() => break Disposition::Nack {
+                        sink: "shutdown",
+                        reason: "the worker is shutting down".into(),
+                    },
                     _ = keepalive.tick() => {
                         if let Err(e) = delivery.acker.extend(LEASE_EXTEND_BY).await {
                             tracing::warn!(error = %e, "could not extend the lease");

@@ -147,7 +147,12 @@ pub async fn receive(
             attributes: push.message.attributes,
         }),
     };
-    runner::process(Arc::clone(&state.pipeline), delivery).await;
+    runner::process(
+        Arc::clone(&state.pipeline),
+        delivery,
+        runner::Abandon::never(),
+    )
+    .await;
     match outcome.await {
         Ok(Outcome::Ack) => HttpResponse::NoContent().finish(),
         _ => refuse(StatusCode::SERVICE_UNAVAILABLE, "retry"),
