@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use hookline_shared::config::{QueueBackend, Settings};
+use hookline_shared::queue::discard::DiscardPublisher;
 use hookline_shared::queue::embedded::EmbeddedQueue;
 use hookline_shared::queue::pubsub::{Connection, PubSubPublisher, PubSubSubscription};
 use hookline_shared::queue::{Publisher, Subscriber};
@@ -23,6 +24,12 @@ pub fn open_embedded(settings: &Settings) -> anyhow::Result<EmbeddedQueue> {
 pub async fn open_publisher(settings: &Settings) -> anyhow::Result<Arc<dyn Publisher>> {
     Ok(match settings.queue.backend {
         QueueBackend::Embedded => Arc::new(open_embedded(settings)?),
+        QueueBackend::BenchDiscard => {
+            tracing::warn!(
+                "queue.backend = \"bench_discard\": every message is thrown away after the 200; benchmarks only"
+            );
+            Arc::new(DiscardPublisher)
+        }
         QueueBackend::Pubsub => {
             let archive = archive_from_settings(settings)
                 .await
@@ -50,6 +57,11 @@ enum Side {
 }
 
 async fn open_side(settings: &Settings, side: Side) -> anyhow::Result<Arc<dyn Subscriber>> {
+    if settings.queue.backend == QueueBackend::BenchDiscard {
+        anyhow::bail!(
+            "queue.backend = \"bench_discard\" keeps nothing to pull: it is for benchmarking ingest alone"
+        );
+    }
     if settings.queue.backend == QueueBackend::Embedded {
         let queue = open_embedded(settings)?;
         return Ok(match side {

@@ -33,6 +33,9 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
                 .context("creating the embedded queue")?;
             done.push(local(existed, format!("queue {}", q.path.display())));
         }
+        QueueBackend::BenchDiscard => {
+            anyhow::bail!("queue.backend = \"bench_discard\" has nothing to provision")
+        }
         QueueBackend::Pubsub => {
             let connection = Connection::from_settings(settings)?;
             done.extend(

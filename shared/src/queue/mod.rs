@@ -5,6 +5,7 @@
 //! delivery-attempt count, and a dead-letter topic. The embedded engine reproduces exactly
 //! that on one machine, so the worker's logic is the same on both.
 
+pub mod discard;
 pub mod embedded;
 #[cfg(feature = "gcp")]
 pub mod pubsub;
