@@ -29,6 +29,8 @@ pub mod attr {
     pub const DEAD_LETTER_SINK: &str = "dead_letter_sink";
     pub const DEAD_LETTER_ATTEMPTS: &str = "dead_letter_attempts";
     pub const DEAD_LETTER_AT: &str = "dead_letter_at";
+    /// Set by `hookline replay --from archive`: where the replayed body was read from.
+    pub const REPLAYED_FROM: &str = "replayed_from";
 }
 
 /// Metadata that travels beside the raw body.

@@ -9,7 +9,8 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::envelope::{Envelope, format_time};
+use crate::envelope::{Envelope, Metadata, format_time};
+use crate::sink::StoredDelivery;
 
 /// The schema file's text, compiled in.
 pub const SCHEMA_JSON: &str = include_str!("../../infra/bigquery/events.schema.json");
@@ -98,9 +99,89 @@ pub fn row(
     r
 }
 
+/// The columns the replay index reads, in the order [`stored_delivery`] expects them.
+pub const INDEX_COLUMNS: [&str; 9] = [
+    "id",
+    "ts",
+    "source",
+    "provider",
+    "event_type",
+    "content_type",
+    "request_id",
+    "archive_object",
+    "replay_count",
+];
+
+/// Rebuilds a delivery's metadata from an index row ([`INDEX_COLUMNS`], as text; `ts` as
+/// RFC 3339 or as milliseconds since the epoch).
+///
+/// # Errors
+/// A required column is missing or unreadable; the message names it.
+pub fn stored_delivery(row: &[Option<String>]) -> Result<StoredDelivery, String> {
+    let col = |i: usize| row.get(i).cloned().flatten();
+    let required =
+        |i: usize| col(i).ok_or_else(|| format!("index row without {}", INDEX_COLUMNS[i]));
+    let ts = required(1)?;
+    let received_at = DateTime::parse_from_rfc3339(&ts)
+        .map(|t| t.with_timezone(&Utc))
+        .ok()
+        .or_else(|| {
+            ts.parse::<i64>()
+                .ok()
+                .and_then(DateTime::from_timestamp_millis)
+        })
+        .ok_or_else(|| format!("index row with an unreadable ts {ts:?}"))?;
+    let replay_count = col(8)
+        .map(|c| c.parse::<u32>())
+        .transpose()
+        .map_err(|e| format!("index row with an unreadable replay_count: {e}"))?
+        .unwrap_or(0);
+    Ok(StoredDelivery {
+        meta: Metadata {
+            delivery_id: required(0)?,
+            received_at,
+            source: required(2)?,
+            provider: required(3)?,
+            event_type: col(4),
+            content_type: col(5),
+            request_id: col(6).unwrap_or_default(),
+            replay_count,
+            extra: std::collections::BTreeMap::new(),
+        },
+        archive_object: required(7)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_index_row_gives_back_the_metadata_it_was_written_from() {
+        let mut env = crate::test_support::envelope("d-1", b"{}");
+        env.meta.replay_count = 2;
+        env.meta.extra.clear();
+        let r = row(&env, "gh/2026-11-22/x", Utc::now(), usize::MAX);
+        let text = |v: &Value| match v {
+            Value::Null => None,
+            Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        };
+        let cells: Vec<Option<String>> = INDEX_COLUMNS.iter().map(|c| text(&r[*c])).collect();
+        let stored = stored_delivery(&cells).unwrap();
+        assert_eq!(stored.meta, env.meta);
+        assert_eq!(stored.archive_object, "gh/2026-11-22/x");
+        // BigQuery's rows come back with ts as epoch milliseconds.
+        let mut millis = cells.clone();
+        millis[1] = Some(env.meta.received_at.timestamp_millis().to_string());
+        assert_eq!(stored_delivery(&millis).unwrap().meta, env.meta);
+        let mut broken = cells;
+        broken[7] = None;
+        assert_eq!(
+            stored_delivery(&broken).unwrap_err(),
+            "index row without archive_object"
+        );
+    }
 
     #[test]
     fn every_schema_column_gets_a_value_and_nothing_else() {

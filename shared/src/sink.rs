@@ -8,8 +8,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, Metadata};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -85,6 +86,35 @@ pub trait Warehouse: Send + Sync + std::fmt::Debug {
     /// Classified per engine.
     async fn insert(&self, envelope: &Envelope, archive_object: &str)
     -> Result<Outcome, SinkError>;
+
+    /// Reads one page of the index (see [`IndexQuery`]). Rows come back as stored; a
+    /// delivery the warehouse holds twice (BigQuery's `insertId` is best-effort) comes twice.
+    ///
+    /// # Errors
+    /// Classified per engine; a row that cannot be read back is permanent.
+    async fn deliveries(&self, query: &IndexQuery) -> Result<Vec<StoredDelivery>, SinkError>;
+}
+
+/// One page of the warehouse used as an index of what was processed (replay from the
+/// archive): one source's rows received in `[since, until)`, ordered by (receive time,
+/// delivery id), the first `page` after `after`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexQuery {
+    pub source: String,
+    pub event_type: Option<String>,
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    /// The (receive time, delivery id) of the previous page's last row.
+    pub after: Option<(DateTime<Utc>, String)>,
+    pub page: usize,
+}
+
+/// A processed delivery as the warehouse remembers it: its metadata and where the archive
+/// keeps its body, which is all it takes to publish it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDelivery {
+    pub meta: Metadata,
+    pub archive_object: String,
 }
 
 /// Which effects of a delivery are done: the idempotency ledger.

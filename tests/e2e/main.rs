@@ -6,4 +6,5 @@ mod contract;
 mod pipeline;
 mod processes;
 mod replay;
+mod replay_archive;
 mod support;

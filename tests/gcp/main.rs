@@ -9,4 +9,5 @@ mod pipeline;
 mod provisioning;
 mod push;
 mod replay;
+mod replay_archive;
 mod support;

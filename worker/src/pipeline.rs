@@ -320,6 +320,13 @@ pub(crate) mod tests {
                 Err(SinkError::permanent("row rejected", None))
             }
         }
+
+        async fn deliveries(
+            &self,
+            _: &hookline_shared::sink::IndexQuery,
+        ) -> Result<Vec<hookline_shared::sink::StoredDelivery>, SinkError> {
+            Err(SinkError::permanent("not an index", None))
+        }
     }
 
     fn pipeline(dir: &std::path::Path, warehouse: Arc<dyn Warehouse>) -> Pipeline {

@@ -18,6 +18,9 @@ use gcp_bigquery_client::client_builder::ClientBuilder;
 use gcp_bigquery_client::error::BQError;
 use gcp_bigquery_client::model::dataset::Dataset;
 use gcp_bigquery_client::model::field_type::FieldType;
+use gcp_bigquery_client::model::query_parameter::QueryParameter;
+use gcp_bigquery_client::model::query_parameter_type::QueryParameterType;
+use gcp_bigquery_client::model::query_parameter_value::QueryParameterValue;
 use gcp_bigquery_client::model::query_request::QueryRequest;
 use gcp_bigquery_client::model::table::Table;
 use gcp_bigquery_client::model::table_data_insert_all_request::TableDataInsertAllRequest;
@@ -28,7 +31,7 @@ use hookline_shared::config::BigQuerySettings;
 use hookline_shared::envelope::Envelope;
 use hookline_shared::provision::Provisioned;
 use hookline_shared::schema;
-use hookline_shared::sink::{Outcome, SinkError, Warehouse};
+use hookline_shared::sink::{IndexQuery, Outcome, SinkError, StoredDelivery, Warehouse};
 
 /// The BigQuery views, `${project}` and `${dataset}` filled in at provisioning.
 pub const VIEWS: &[(&str, &str)] = &[
@@ -157,8 +160,40 @@ impl BigQueryWarehouse {
     /// The query failed; BigQuery (and its emulator) can answer 200 with an `errors` list,
     /// which is reported as a failure too.
     pub async fn query(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, SinkError> {
+        self.query_with(sql, Vec::new()).await
+    }
+
+    /// [`BigQueryWarehouse::query`] with named parameters (`@name`), each a (name, type,
+    /// value) such as `("source", "STRING", "gh")`: values never become SQL text.
+    ///
+    /// # Errors
+    /// As for [`BigQueryWarehouse::query`].
+    pub async fn query_with(
+        &self,
+        sql: &str,
+        params: Vec<(&str, &str, String)>,
+    ) -> Result<Vec<Vec<Option<String>>>, SinkError> {
         let mut request = QueryRequest::new(sql);
         request.timeout_ms = Some(30_000);
+        if !params.is_empty() {
+            request.parameter_mode = Some("NAMED".into());
+            request.query_parameters = Some(
+                params
+                    .into_iter()
+                    .map(|(name, kind, value)| QueryParameter {
+                        name: Some(name.into()),
+                        parameter_type: Some(QueryParameterType {
+                            r#type: kind.into(),
+                            ..QueryParameterType::default()
+                        }),
+                        parameter_value: Some(QueryParameterValue {
+                            value: Some(value),
+                            ..QueryParameterValue::default()
+                        }),
+                    })
+                    .collect(),
+            );
+        }
         let resp = self
             .client
             .job()
@@ -282,6 +317,51 @@ impl Warehouse for BigQueryWarehouse {
             ));
         }
         Ok(Outcome::Written)
+    }
+
+    async fn deliveries(&self, query: &IndexQuery) -> Result<Vec<StoredDelivery>, SinkError> {
+        let columns: Vec<String> = schema::INDEX_COLUMNS
+            .iter()
+            .map(|c| {
+                if *c == "ts" {
+                    "UNIX_MILLIS(ts) AS ts".to_owned()
+                } else {
+                    (*c).to_owned()
+                }
+            })
+            .collect();
+        let millis = |t: chrono::DateTime<Utc>| t.timestamp_millis().to_string();
+        let mut sql = format!(
+            "SELECT {} FROM `{}.{}.{}` WHERE source = @source \
+             AND ts >= TIMESTAMP_MILLIS(@since) AND ts < TIMESTAMP_MILLIS(@until)",
+            columns.join(", "),
+            self.project,
+            self.dataset,
+            self.table
+        );
+        let mut params = vec![
+            ("source", "STRING", query.source.clone()),
+            ("since", "INT64", millis(query.since)),
+            ("until", "INT64", millis(query.until)),
+        ];
+        if let Some(event_type) = &query.event_type {
+            sql.push_str(" AND event_type = @event_type");
+            params.push(("event_type", "STRING", event_type.clone()));
+        }
+        if let Some((ts, id)) = &query.after {
+            sql.push_str(
+                " AND (ts > TIMESTAMP_MILLIS(@after_ts) \
+                 OR (ts = TIMESTAMP_MILLIS(@after_ts) AND id > @after_id))",
+            );
+            params.push(("after_ts", "INT64", millis(*ts)));
+            params.push(("after_id", "STRING", id.clone()));
+        }
+        sql.push_str(&format!(" ORDER BY ts, id LIMIT {}", query.page));
+        self.query_with(&sql, params)
+            .await?
+            .iter()
+            .map(|r| schema::stored_delivery(r).map_err(|m| SinkError::permanent(m, None)))
+            .collect()
     }
 }
 

@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use hookline_shared::envelope::Envelope;
+use hookline_shared::envelope::{Envelope, format_time};
 use hookline_shared::schema;
-use hookline_shared::sink::{Outcome, SinkError, Warehouse};
+use hookline_shared::sink::{IndexQuery, Outcome, SinkError, StoredDelivery, Warehouse};
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ErrorCode};
 
 /// The SQLite views, one file per view, applied in name order.
@@ -123,5 +124,50 @@ impl Warehouse for SqliteWarehouse {
         .await
         .map_err(|e| SinkError::transient("warehouse task failed", e))?
         .map_err(classify)
+    }
+
+    async fn deliveries(&self, query: &IndexQuery) -> Result<Vec<StoredDelivery>, SinkError> {
+        // `ts` is stored as fixed-width RFC 3339 text (milliseconds, `Z`), which sorts and
+        // compares as time does.
+        let sql = format!(
+            "SELECT {} FROM {} WHERE source = ?1 AND ts >= ?2 AND ts < ?3
+               AND (?4 IS NULL OR event_type = ?4)
+               AND (?5 IS NULL OR ts > ?5 OR (ts = ?5 AND id > ?6))
+             ORDER BY ts, id LIMIT ?7",
+            schema::INDEX_COLUMNS.join(", "),
+            schema::TABLE
+        );
+        let params: Vec<rusqlite::types::Value> = vec![
+            query.source.clone().into(),
+            format_time(query.since).into(),
+            format_time(query.until).into(),
+            query.event_type.clone().into(),
+            query.after.as_ref().map(|(t, _)| format_time(*t)).into(),
+            query.after.as_ref().map(|(_, id)| id.clone()).into(),
+            i64::try_from(query.page).unwrap_or(i64::MAX).into(),
+        ];
+        let conn = Arc::clone(&self.conn);
+        let rows = tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(params), |r| {
+                (0..schema::INDEX_COLUMNS.len())
+                    .map(|i| {
+                        Ok(match r.get_ref(i)? {
+                            ValueRef::Null => None,
+                            ValueRef::Integer(n) => Some(n.to_string()),
+                            other => Some(String::from_utf8_lossy(other.as_bytes()?).into_owned()),
+                        })
+                    })
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .await
+        .map_err(|e| SinkError::transient("warehouse task failed", e))?
+        .map_err(classify)?;
+        rows.iter()
+            .map(|r| schema::stored_delivery(r).map_err(|m| SinkError::permanent(m, None)))
+            .collect()
     }
 }
