@@ -346,6 +346,8 @@ export STORAGE_EMULATOR_HOST=http://127.0.0.1:$p_gcs
 export BIGQUERY_EMULATOR_HOST=http://127.0.0.1:$p_bq
 export BIGQUERY_EMULATOR_GRPC_HOST=127.0.0.1:$p_bq_grpc
 export HOOKLINE_GCP_PROJECT=$PROJECT
+export HOOKLINE_FAKE_GCS_BIN=$gcs_bin
+export HOOKLINE_BQEMULATOR_BIN=$VENV/bin/bqemulator
 EOF
   mv "$ENV_FILE.tmp" "$ENV_FILE"
   cat "$ENV_FILE"

@@ -121,12 +121,16 @@ pub async fn run(
         }
         let mut fresh = false;
         for delivery in batch {
-            let key = (
-                delivery.message_id.clone(),
-                delivery.attributes.get(attr::DELIVERY_ID).cloned(),
-            );
+            // By delivery id: a delivery that fails again at once comes back to the
+            // dead-letter side as a new message, and must not be replayed in a loop.
+            let key = delivery
+                .attributes
+                .get(attr::DELIVERY_ID)
+                .cloned()
+                .unwrap_or_else(|| delivery.message_id.clone());
             if !seen.insert(key) {
-                // Left in place earlier in this run (filtered out, listed, or failed).
+                // Left in place earlier in this run (filtered out, listed, or failed), or
+                // replayed already and dead-lettered again.
                 release(delivery).await;
                 continue;
             }

@@ -93,6 +93,24 @@ pub trait Warehouse: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// Classified per engine; a row that cannot be read back is permanent.
     async fn deliveries(&self, query: &IndexQuery) -> Result<Vec<StoredDelivery>, SinkError>;
+
+    /// Whether `insert` itself turns a second insert of a delivery into a no-op (a unique
+    /// key). When it does not (BigQuery's `insertId` is best-effort), the worker records an
+    /// intent before inserting and asks [`Warehouse::contains`] when it finds one.
+    fn deduplicates(&self) -> bool {
+        false
+    }
+
+    /// Whether a row for (source, delivery id), received around `received_at`, exists.
+    ///
+    /// # Errors
+    /// Classified per engine.
+    async fn contains(
+        &self,
+        source: &str,
+        delivery_id: &str,
+        received_at: DateTime<Utc>,
+    ) -> Result<bool, SinkError>;
 }
 
 /// One page of the warehouse used as an index of what was processed (replay from the
@@ -123,8 +141,8 @@ pub struct StoredDelivery {
 /// of the same delivery (a new request, a new receive time) find what is already done.
 /// Steps are `archive.name` (the object name, claimed before writing, so every copy of a
 /// delivery — redeliveries, a provider's resend with a new receive time, even two copies
-/// processed at once — writes the first name), `archive`, `warehouse`, `slack.intent` and
-/// `slack`.
+/// processed at once — writes the first name), `archive`, `warehouse.intent` (warehouses
+/// without a unique key), `warehouse`, `slack.intent` and `slack`.
 /// Recording is create-only: the first record of a step stays.
 #[async_trait]
 pub trait Ledger: Send + Sync + std::fmt::Debug {

@@ -39,9 +39,20 @@ async fn processed_deliveries_replay_from_the_archive() {
     );
     worker.stop().await;
 
+    let warehouse = warehouse_from_settings(&env.settings).await.unwrap();
+    // The check the worker makes when it finds a warehouse intent without its done record.
+    assert!(warehouse.contains("gh", "gar-1", Utc::now()).await.unwrap());
+    assert!(!warehouse.contains("gh", "gar-0", Utc::now()).await.unwrap());
+    assert!(
+        !warehouse
+            .contains("gh", "gar-1", Utc::now() - chrono::Duration::days(30))
+            .await
+            .unwrap(),
+        "the receive-time window bounds the partitions read"
+    );
+
     let tap = format!("tap-{}", env.suffix);
     env.tap(&tap, &env.settings.queue.pubsub.topic).await;
-    let warehouse = warehouse_from_settings(&env.settings).await.unwrap();
     let archive = archive_from_settings(&env.settings).await.unwrap();
     let main = hookline::engines::open_publisher(&env.settings)
         .await

@@ -219,12 +219,35 @@ impl Pipeline {
             }
         }
         if !done.contains_key("warehouse") {
-            if let Err(e) = timed(
-                "warehouse",
-                self.retry
-                    .run("warehouse", || self.warehouse.insert(envelope, &object)),
-            )
-            .await
+            // A warehouse without a unique key (BigQuery) would take a second row if a crash
+            // fell between its insert and the ledger record: record the intent first, and
+            // when an earlier attempt left one, ask the warehouse before inserting again.
+            let inserted = if self.warehouse.deduplicates() {
+                false
+            } else if done.contains_key("warehouse.intent") {
+                let received_at = envelope.meta.received_at;
+                match self
+                    .retry
+                    .run("warehouse", || {
+                        self.warehouse.contains(source, id, received_at)
+                    })
+                    .await
+                {
+                    Ok(found) => found,
+                    Err(e) => return settle("warehouse", e),
+                }
+            } else if let Err(e) = record("warehouse.intent", String::new()).await {
+                return settle("ledger", e);
+            } else {
+                false
+            };
+            if !inserted
+                && let Err(e) = timed(
+                    "warehouse",
+                    self.retry
+                        .run("warehouse", || self.warehouse.insert(envelope, &object)),
+                )
+                .await
             {
                 return settle("warehouse", e);
             }
@@ -327,6 +350,78 @@ pub(crate) mod tests {
         ) -> Result<Vec<hookline_shared::sink::StoredDelivery>, SinkError> {
             Err(SinkError::permanent("not an index", None))
         }
+
+        async fn contains(
+            &self,
+            _: &str,
+            _: &str,
+            _: chrono::DateTime<chrono::Utc>,
+        ) -> Result<bool, SinkError> {
+            Ok(false)
+        }
+    }
+
+    /// A warehouse without a unique key, like BigQuery: it keeps every insert.
+    #[derive(Debug, Default)]
+    struct KeylessWarehouse {
+        rows: std::sync::Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl Warehouse for KeylessWarehouse {
+        async fn insert(&self, e: &Envelope, _: &str) -> Result<Outcome, SinkError> {
+            self.rows.lock().unwrap().push(e.meta.delivery_id.clone());
+            Ok(Outcome::Written)
+        }
+
+        async fn deliveries(
+            &self,
+            _: &hookline_shared::sink::IndexQuery,
+        ) -> Result<Vec<hookline_shared::sink::StoredDelivery>, SinkError> {
+            Ok(Vec::new())
+        }
+
+        async fn contains(
+            &self,
+            _: &str,
+            id: &str,
+            _: chrono::DateTime<chrono::Utc>,
+        ) -> Result<bool, SinkError> {
+            Ok(self.rows.lock().unwrap().iter().any(|r| r == id))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_keyless_warehouse_is_asked_before_a_second_insert() {
+        let dir = tempfile::tempdir().unwrap();
+        let warehouse = Arc::new(KeylessWarehouse::default());
+        let p = pipeline(dir.path(), warehouse.clone());
+        let e = envelope("k1", "push");
+        assert_eq!(p.handle(&e, 1).await, Disposition::Ack);
+        let done = p.ledger.done("gh", "k1").await.unwrap();
+        assert!(done.contains_key("warehouse.intent") && done.contains_key("warehouse"));
+        // The crash window: the row went in, the ledger's `warehouse` record did not.
+        let ledger = rusqlite::Connection::open(dir.path().join("ledger.sqlite3")).unwrap();
+        ledger
+            .execute("DELETE FROM ledger WHERE step = 'warehouse'", [])
+            .unwrap();
+        assert_eq!(p.handle(&e, 2).await, Disposition::Ack);
+        assert_eq!(*warehouse.rows.lock().unwrap(), ["k1"], "no second row");
+        assert!(
+            p.ledger
+                .done("gh", "k1")
+                .await
+                .unwrap()
+                .contains_key("warehouse")
+        );
+        // An intent whose insert never happened: the row is written once.
+        let e2 = envelope("k2", "push");
+        p.ledger
+            .record("gh", "k2", "warehouse.intent", "")
+            .await
+            .unwrap();
+        assert_eq!(p.handle(&e2, 2).await, Disposition::Ack);
+        assert_eq!(*warehouse.rows.lock().unwrap(), ["k1", "k2"]);
     }
 
     fn pipeline(dir: &std::path::Path, warehouse: Arc<dyn Warehouse>) -> Pipeline {

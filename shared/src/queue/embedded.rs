@@ -5,6 +5,13 @@
 //! waiting in one transaction (group commit): under load many requests share one fsync, when
 //! idle a request pays for exactly one.
 //!
+//! Settling is committed with `synchronous=NORMAL` on the consumer's connection: a lease,
+//! ack or nack survives the process being killed (the WAL is written), but the last ones may
+//! be lost if the machine loses power before the next checkpoint. Losing an ack means a
+//! redelivery, which the worker's idempotent sinks absorb; it never loses a message. An
+//! fsync per ack was the worker's largest cost after the archive (BENCHMARKS.md: 372 ->
+//! 936 events/s on the 2-core benchmark machine).
+//!
 //! Delivery: a row is *leased* by setting `visible_at` to now + ack deadline and a random
 //! `lease` token, and counting the attempt. Ack deletes the row, nack makes it visible again
 //! after the retry backoff, and a lease that runs out makes it visible by itself. Only the
@@ -50,6 +57,9 @@ CREATE TABLE IF NOT EXISTS messages (
     lease        INTEGER            -- token of the current lease, NULL when not leased
 );
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (topic, visible_at, id);
+-- Finds the few messages out of attempts without reading any other row: `attempts` is
+-- stored after the body, so checking it row by row would read every ready body.
+CREATE INDEX IF NOT EXISTS messages_exhausted ON messages (topic, attempts, visible_at);
 ";
 
 struct PublishRequest {
@@ -105,6 +115,10 @@ impl EmbeddedQueue {
         }
         let writer_conn = open_connection(&path).map_err(QueueError::unavailable)?;
         let consumer = open_connection(&path).map_err(QueueError::unavailable)?;
+        // Settling (leases, acks, nacks, dead-letter moves) is not fsync'd: see the module docs.
+        consumer
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(QueueError::unavailable)?;
         let (tx, rx) = sync_channel(WRITER_BACKLOG);
         std::thread::Builder::new()
             .name("queue-writer".into())
@@ -298,7 +312,8 @@ impl EmbeddedSubscription {
                          '$.dead_letter_attempts', CAST(attempts AS TEXT),
                          '$.dead_letter_at', strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
                        attempts = 0
-                     WHERE topic = ?3 AND visible_at <= ?2 AND attempts >= ?4",
+                     WHERE id IN (SELECT id FROM messages INDEXED BY messages_exhausted
+                                  WHERE topic = ?3 AND attempts >= ?4 AND visible_at <= ?2)",
                     params![dlq, now, topic, settings.max_delivery_attempts, reason],
                 )?;
             }

@@ -319,6 +319,46 @@ impl Warehouse for BigQueryWarehouse {
         Ok(Outcome::Written)
     }
 
+    async fn contains(
+        &self,
+        source: &str,
+        delivery_id: &str,
+        received_at: chrono::DateTime<Utc>,
+    ) -> Result<bool, SinkError> {
+        // Streamed rows are visible to queries within seconds; the receive-time window keeps
+        // the query to a few daily partitions (a provider's resend of the same delivery
+        // arrives within days, and its row may carry the first copy's receive time).
+        let window = chrono::Duration::days(3);
+        let millis = |t: chrono::DateTime<Utc>| t.timestamp_millis().to_string();
+        let sql = format!(
+            "SELECT COUNT(*) FROM `{}.{}.{}` WHERE source = @source AND id = @id \
+             AND ts >= TIMESTAMP_MILLIS(@from) AND ts < TIMESTAMP_MILLIS(@to)",
+            self.project, self.dataset, self.table
+        );
+        let rows = self
+            .query_with(
+                &sql,
+                vec![
+                    ("source", "STRING", source.to_owned()),
+                    ("id", "STRING", delivery_id.to_owned()),
+                    ("from", "INT64", millis(received_at - window)),
+                    ("to", "INT64", millis(received_at + window)),
+                ],
+            )
+            .await?;
+        let count = rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .and_then(|c| c.parse::<u64>().ok())
+            .ok_or_else(|| {
+                SinkError::transient(
+                    "row check answered no count",
+                    std::io::Error::other("empty result"),
+                )
+            })?;
+        Ok(count > 0)
+    }
+
     async fn deliveries(&self, query: &IndexQuery) -> Result<Vec<StoredDelivery>, SinkError> {
         let columns: Vec<String> = schema::INDEX_COLUMNS
             .iter()

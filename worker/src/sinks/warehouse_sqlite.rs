@@ -126,6 +126,30 @@ impl Warehouse for SqliteWarehouse {
         .map_err(classify)
     }
 
+    fn deduplicates(&self) -> bool {
+        true // unique on (source, id)
+    }
+
+    async fn contains(
+        &self,
+        source: &str,
+        delivery_id: &str,
+        _: chrono::DateTime<Utc>,
+    ) -> Result<bool, SinkError> {
+        let (source, id) = (source.to_owned(), delivery_id.to_owned());
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            conn.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM events WHERE source = ?1 AND id = ?2)",
+            )?
+            .query_row(rusqlite::params![source, id], |r| r.get(0))
+        })
+        .await
+        .map_err(|e| SinkError::transient("warehouse task failed", e))?
+        .map_err(classify)
+    }
+
     async fn deliveries(&self, query: &IndexQuery) -> Result<Vec<StoredDelivery>, SinkError> {
         // `ts` is stored as fixed-width RFC 3339 text (milliseconds, `Z`), which sorts and
         // compares as time does.
