@@ -5,7 +5,9 @@
 # 2. Installs (if missing) and starts the Google Cloud emulators the `gcp` tests need:
 #    Google's Pub/Sub emulator, fake-gcs-server and bqemulator (scripts/emulators.sh).
 # 3. Runs every test: unit, property, hostile input, end-to-end on the embedded engines and
-#    on the emulators; then each fuzz target for a few seconds.
+#    on the emulators, the fault suite on both (small); then each fuzz target for a few
+#    seconds, and the benchmark harness for a second per contender (bench/run.sh --smoke:
+#    it must run end to end; no timing is judged).
 # 4. Stops the emulators it started, even when a test fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,3 +34,6 @@ cargo test --workspace --locked
 
 echo "==> fuzz targets (bounded)"
 scripts/fuzz.sh 15
+
+echo "==> benchmark harness (smoke run; installs wrk, webhook and the Flask venv if missing)"
+HOOKLINE_BIN="$PWD/target/debug/hookline" bench/run.sh --smoke

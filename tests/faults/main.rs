@@ -561,9 +561,11 @@ async fn run_faults(run: Run, stack: Stack, mut engine: Engine, fake: FakeSlack)
         }
     }
 
-    // Everything but the poison is done...
+    // Everything but the poison is done (on Pub/Sub, where the backlog cannot be read,
+    // seen from the sinks; the embedded queue below says when its topic is empty, which
+    // also covers deliveries that used up their attempts during an outage)...
     let settle = Instant::now() + Duration::from_secs(300);
-    loop {
+    while matches!(engine, Engine::Gcp { .. }) {
         let f = findings(&engine, &stack, &acked, &fake, false).await;
         if (f.lost.is_empty() && f.missed_slack.is_empty()) || Instant::now() > settle {
             break;
@@ -580,11 +582,15 @@ async fn run_faults(run: Run, stack: Stack, mut engine: Engine, fake: FakeSlack)
         .iter()
         .filter(|id| id[2..].parse::<usize>().is_ok_and(|i| i.is_multiple_of(50)))
         .count();
-    let refused = http::wait_for(Duration::from_secs(120), async || {
-        fake.refused.lock().unwrap().len() >= poison
-    })
-    .await;
-    assert!(refused, "not every poison delivery reached Slack");
+    // The embedded queue says when its topic is empty; on Pub/Sub, wait until Slack has
+    // refused every poison delivery (one may also have used up its attempts during an
+    // outage and reached the dead-letter side unrefused: wait, but do not insist).
+    if matches!(engine, Engine::Gcp { .. }) {
+        let _ = http::wait_for(Duration::from_secs(60), async || {
+            fake.refused.lock().unwrap().len() >= poison
+        })
+        .await;
+    }
     let quiet_before_fix = engine.quiesce().await;
     // ...then Slack is "fixed" and the dead letters are replayed until every poison
     // delivery has been posted.
