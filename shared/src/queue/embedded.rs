@@ -77,6 +77,8 @@ pub struct EmbeddedQueue {
     settings: Arc<EmbeddedQueueSettings>,
     poll_interval: Duration,
     path: PathBuf,
+    /// Dropped with the last clone, which ends the checkpoint thread.
+    _stop_checkpoints: Arc<SyncSender<()>>,
 }
 
 impl std::fmt::Debug for EmbeddedQueue {
@@ -115,6 +117,18 @@ impl EmbeddedQueue {
         }
         let writer_conn = open_connection(&path).map_err(QueueError::unavailable)?;
         let consumer = open_connection(&path).map_err(QueueError::unavailable)?;
+        // Checkpoints run on their own thread, not inside a commit: a commit that has to copy
+        // the WAL into a large queue file first stalls every request waiting on it.
+        for conn in [&writer_conn, &consumer] {
+            conn.pragma_update(None, "wal_autocheckpoint", 0)
+                .map_err(QueueError::unavailable)?;
+        }
+        let checkpoint_conn = open_connection(&path).map_err(QueueError::unavailable)?;
+        let (stop_checkpoints, checkpoint_rx) = sync_channel::<()>(0);
+        std::thread::Builder::new()
+            .name("queue-checkpoint".into())
+            .spawn(move || checkpoint_loop(&checkpoint_conn, &checkpoint_rx))
+            .map_err(QueueError::unavailable)?;
         // Settling (leases, acks, nacks, dead-letter moves) is not fsync'd: see the module docs.
         consumer
             .pragma_update(None, "synchronous", "NORMAL")
@@ -130,6 +144,7 @@ impl EmbeddedQueue {
             settings: Arc::new(settings.clone()),
             poll_interval,
             path,
+            _stop_checkpoints: Arc::new(stop_checkpoints),
         })
     }
 
@@ -209,6 +224,18 @@ impl EmbeddedQueue {
         .await
         .map_err(QueueError::unavailable)?
         .map_err(QueueError::unavailable)
+    }
+}
+
+/// Copies the WAL into the database twice a second without blocking writers or readers
+/// (a passive checkpoint), until the queue handle is dropped.
+fn checkpoint_loop(conn: &Connection, stop: &Receiver<()>) {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+        stop.recv_timeout(Duration::from_millis(500))
+    {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(error = %e, "queue checkpoint skipped");
+        }
     }
 }
 
