@@ -828,6 +828,14 @@ def f_num(v, digits=0, unit=""):
     return f"{v:,.{digits}f}{unit}"
 
 
+def worst_row(label, measured, limit, unit, word):
+    """A target row judged on the worst of (name, value) pairs: 'n/a' when none ran."""
+    if not measured:
+        return (label, "n/a", "n/a")
+    name, value = max(measured, key=lambda x: x[1])
+    return (label, f"{f_num(value, 1)} {unit} ({word}: {name})", verdict(value <= limit))
+
+
 def verdict(ok) -> str:
     return "n/a" if ok is None else ("**PASS**" if ok else "**MISS**")
 
@@ -882,31 +890,16 @@ def targets(R: dict) -> list[tuple[str, str, str]]:
                   if g(n, "peak_rss_mb") is not None]
     if wl:
         ingest_rss.append(("worker-lag ingest", wl["ingest_peak_rss_mb"]))
-    if ingest_rss:
-        worst = max(ingest_rss, key=lambda x: x[1])
-        rows.append(("Peak RSS under load, ingest ≤ 40 MB",
-                     f"{f_num(worst[1], 1)} MB (highest: {worst[0]})", verdict(worst[1] <= 40)))
-    else:
-        rows.append(("Peak RSS under load, ingest ≤ 40 MB", "n/a", "n/a"))
+    rows.append(worst_row("Peak RSS under load, ingest ≤ 40 MB", ingest_rss, 40, "MB", "highest"))
     worker_rss = [(k, v) for k, v in (("worker-embedded", we and we["peak_rss_mb"]),
                                       ("worker-lag", wl and wl["worker_peak_rss_mb"]),
                                       ("worker-pubsub", (R.get("worker-pubsub") or {}).get("peak_rss_mb")))
                   if v is not None]
-    if worker_rss:
-        worst = max(worker_rss, key=lambda x: x[1])
-        rows.append(("Peak RSS under load, worker ≤ 80 MB",
-                     f"{f_num(worst[1], 1)} MB (highest: {worst[0]})", verdict(worst[1] <= 80)))
-    else:
-        rows.append(("Peak RSS under load, worker ≤ 80 MB", "n/a", "n/a"))
+    rows.append(worst_row("Peak RSS under load, worker ≤ 80 MB", worker_rss, 80, "MB", "highest"))
     ready = [(n, g(n, "ready_ms")) for n in ("hookline-null", "hookline-embedded") if g(n, "ready_ms")]
     if we:
         ready.append(("worker (embedded)", we["ready_ms"]))
-    if ready:
-        worst = max(ready, key=lambda x: x[1])
-        rows.append(("Start → ready ≤ 100 ms (embedded)",
-                     f"{f_num(worst[1], 1)} ms (slowest: {worst[0]})", verdict(worst[1] <= 100)))
-    else:
-        rows.append(("Start → ready ≤ 100 ms (embedded)", "n/a", "n/a"))
+    rows.append(worst_row("Start → ready ≤ 100 ms (embedded)", ready, 100, "ms", "slowest"))
     return rows
 
 
