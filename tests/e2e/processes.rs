@@ -42,6 +42,19 @@ fn spawn_with(
     .unwrap()
 }
 
+/// Whether `url` answers 200 within 20 s (a process coming up).
+async fn answers_200(url: &str) -> bool {
+    let client = reqwest::Client::new();
+    wait_for(Duration::from_secs(20), async || {
+        client
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await
+}
+
 fn terminate(child: Child) {
     let took = terminate_timed(child);
     assert!(took < Duration::from_secs(10), "exit took {took:?}");
@@ -75,12 +88,7 @@ async fn separate_ingest_and_worker_processes_share_the_queue_across_a_worker_re
     let url = format!("http://127.0.0.1:{port}/hooks/gh");
     let client = reqwest::Client::new();
     assert!(
-        wait_for(Duration::from_secs(20), async || client
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200))
-        .await,
+        answers_200(&format!("http://127.0.0.1:{port}/readyz")).await,
         "ingest process never became ready"
     );
 
@@ -95,12 +103,7 @@ async fn separate_ingest_and_worker_processes_share_the_queue_across_a_worker_re
         .0
     };
     assert!(
-        wait_for(Duration::from_secs(20), async || client
-            .get(format!("http://127.0.0.1:{worker_port}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200))
-        .await,
+        answers_200(&format!("http://127.0.0.1:{worker_port}/healthz")).await,
         "the worker serves /healthz on its PORT, as Cloud Run requires"
     );
     assert_eq!(send("p-0").await, 200);
@@ -176,15 +179,7 @@ async fn gcp_log_format_is_what_cloud_logging_reads() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let client = reqwest::Client::new();
-    assert!(
-        wait_for(Duration::from_secs(20), async || client
-            .get(format!("http://127.0.0.1:{port}/healthz"))
-            .send()
-            .await
-            .is_ok())
-        .await
-    );
+    assert!(answers_200(&format!("http://127.0.0.1:{port}/healthz")).await);
     let body = ISSUES_OPENED.as_bytes();
     let mut headers = github_headers(GITHUB_SECRET, body, "issues", "logged-1");
     headers.push((
@@ -274,14 +269,9 @@ async fn sigterm_while_posting(
         Some(&slack_url),
         std::fs::File::create(&log_path).unwrap(),
     );
-    let client = reqwest::Client::new();
     assert!(
-        wait_for(Duration::from_secs(20), async || client
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200))
-        .await
+        answers_200(&format!("http://127.0.0.1:{port}/readyz")).await,
+        "ingest process never became ready"
     );
     let body = ISSUES_OPENED.as_bytes();
     let (status, _, _) = post(
