@@ -241,13 +241,23 @@ impl Pipeline {
             } else {
                 false
             };
+            // A failed insert may still have landed (the answer was lost): before retrying
+            // into a warehouse without a unique key, ask it.
+            let tried = std::sync::atomic::AtomicBool::new(false);
+            let insert = || async {
+                if tried.swap(true, std::sync::atomic::Ordering::SeqCst)
+                    && !self.warehouse.deduplicates()
+                    && self
+                        .warehouse
+                        .contains(source, id, envelope.meta.received_at)
+                        .await?
+                {
+                    return Ok(hookline_shared::sink::Outcome::AlreadyDone);
+                }
+                self.warehouse.insert(envelope, &object).await
+            };
             if !inserted
-                && let Err(e) = timed(
-                    "warehouse",
-                    self.retry
-                        .run("warehouse", || self.warehouse.insert(envelope, &object)),
-                )
-                .await
+                && let Err(e) = timed("warehouse", self.retry.run("warehouse", insert)).await
             {
                 return settle("warehouse", e);
             }
@@ -365,12 +375,23 @@ pub(crate) mod tests {
     #[derive(Debug, Default)]
     struct KeylessWarehouse {
         rows: std::sync::Mutex<Vec<String>>,
+        /// Store the next row but answer with a transient error (the answer was lost).
+        lose_answer: std::sync::atomic::AtomicBool,
     }
 
     #[async_trait]
     impl Warehouse for KeylessWarehouse {
         async fn insert(&self, e: &Envelope, _: &str) -> Result<Outcome, SinkError> {
             self.rows.lock().unwrap().push(e.meta.delivery_id.clone());
+            if self
+                .lose_answer
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err(SinkError::transient(
+                    "connection reset",
+                    std::io::Error::other("reset"),
+                ));
+            }
             Ok(Outcome::Written)
         }
 
@@ -422,6 +443,12 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(p.handle(&e2, 2).await, Disposition::Ack);
         assert_eq!(*warehouse.rows.lock().unwrap(), ["k1", "k2"]);
+        // An insert that landed but answered with an error is not retried into a second row.
+        warehouse
+            .lose_answer
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(p.handle(&envelope("k3", "push"), 1).await, Disposition::Ack);
+        assert_eq!(*warehouse.rows.lock().unwrap(), ["k1", "k2", "k3"]);
     }
 
     fn pipeline(dir: &std::path::Path, warehouse: Arc<dyn Warehouse>) -> Pipeline {
