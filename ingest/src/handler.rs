@@ -30,7 +30,8 @@ pub async fn receive(
 ) -> Result<HttpResponse, IngestError> {
     let received_at = (state.clock)();
     let request_id = request_id(&req);
-    let span = tracing::info_span!(
+    // At error level so `RUST_LOG=warn` keeps it: every warning carries the delivery id.
+    let span = tracing::error_span!(
         "webhook",
         request_id = %request_id,
         source = %source,

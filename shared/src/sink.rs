@@ -95,8 +95,9 @@ pub trait Warehouse: Send + Sync + std::fmt::Debug {
     async fn deliveries(&self, query: &IndexQuery) -> Result<Vec<StoredDelivery>, SinkError>;
 
     /// Whether `insert` itself turns a second insert of a delivery into a no-op (a unique
-    /// key). When it does not (BigQuery's `insertId` is best-effort), the worker records an
-    /// intent before inserting and asks [`Warehouse::contains`] when it finds one.
+    /// key). When it does not (BigQuery's `insertId` is best-effort), the worker asks
+    /// [`Warehouse::contains`] before inserting whenever an earlier attempt at the delivery
+    /// may have inserted without recording it, and before retrying a failed insert.
     fn deduplicates(&self) -> bool {
         false
     }
@@ -141,8 +142,9 @@ pub struct StoredDelivery {
 /// of the same delivery (a new request, a new receive time) find what is already done.
 /// Steps are `archive.name` (the object name, claimed before writing, so every copy of a
 /// delivery — redeliveries, a provider's resend with a new receive time, even two copies
-/// processed at once — writes the first name), `archive`, `warehouse.intent` (warehouses
-/// without a unique key), `warehouse`, `slack.intent` and `slack`.
+/// processed at once — writes the first name), `lease.N` (which queue message owns the
+/// delivery, see the worker's `ownership`), `archive`, `warehouse`, `slack.intent` and
+/// `slack`.
 /// Recording is create-only: the first record of a step stays.
 #[async_trait]
 pub trait Ledger: Send + Sync + std::fmt::Debug {

@@ -225,7 +225,7 @@ async fn a_redelivered_message_produces_no_second_row_or_object() {
         .unwrap();
     let envelope = first.envelope().unwrap();
     assert_eq!(
-        pipeline.handle(&envelope, 1).await,
+        pipeline.handle(&envelope, &first.message_id, 1).await,
         hookline_worker::Disposition::Ack
     );
     first.acker.nack().await.unwrap();
@@ -236,9 +236,11 @@ async fn a_redelivered_message_produces_no_second_row_or_object() {
         .unwrap()
         .pop()
         .unwrap();
-    assert_eq!(again.attempt, 2);
+    assert_eq!((again.attempt, &again.message_id), (2, &first.message_id));
     assert_eq!(
-        pipeline.handle(&again.envelope().unwrap(), 2).await,
+        pipeline
+            .handle(&again.envelope().unwrap(), &again.message_id, 2)
+            .await,
         hookline_worker::Disposition::Ack
     );
     again.acker.ack().await.unwrap();

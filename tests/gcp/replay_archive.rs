@@ -40,7 +40,7 @@ async fn processed_deliveries_replay_from_the_archive() {
     worker.stop().await;
 
     let warehouse = warehouse_from_settings(&env.settings).await.unwrap();
-    // The check the worker makes when it finds a warehouse intent without its done record.
+    // The check the worker makes when an earlier attempt may have inserted unrecorded.
     assert!(warehouse.contains("gh", "gar-1", Utc::now()).await.unwrap());
     assert!(!warehouse.contains("gh", "gar-0", Utc::now()).await.unwrap());
     assert!(

@@ -15,6 +15,7 @@ use hookline_shared::sink::{Archive, Ledger, SinkError, Warehouse};
 
 use secrecy::SecretString;
 
+use crate::ownership::{self, Claimant, Ownership};
 use crate::retry::RetryPolicy;
 use crate::sinks::archive_gcs::{GcsArchive, GcsSetupError};
 use crate::sinks::archive_local::LocalArchive;
@@ -32,6 +33,9 @@ pub enum Disposition {
     Nack { sink: &'static str, reason: String },
     /// A sink failed permanently: move to the dead-letter topic with the reason.
     DeadLetter(DeadLetter),
+    /// Another copy of the delivery (this message id) owns it: ack this one, which did
+    /// nothing. See [`crate::ownership`].
+    Duplicate { owner: String },
 }
 
 /// The sinks and the retry policy, shared by every message.
@@ -147,8 +151,9 @@ impl Pipeline {
         Ok(Some(resolved))
     }
 
-    /// Runs every sink for `envelope` (delivery `attempt`, 1-based).
-    pub async fn handle(&self, envelope: &Envelope, attempt: u32) -> Disposition {
+    /// Runs every sink for `envelope`, carried by queue message `message_id` on its
+    /// delivery `attempt` (1-based).
+    pub async fn handle(&self, envelope: &Envelope, message_id: &str, attempt: u32) -> Disposition {
         let settle = |sink: &'static str, e: SinkError| match e {
             SinkError::Transient { message, .. } => Disposition::Nack {
                 sink,
@@ -183,6 +188,30 @@ impl Pipeline {
             .await
         {
             Ok(done) => done,
+            Err(e) => return settle("ledger", e),
+        };
+        let claimant = Claimant {
+            message_id,
+            attempt,
+            replay_count: envelope.meta.replay_count,
+        };
+        let earlier_attempt = match ownership::acquire(
+            self.ledger.as_ref(),
+            &self.retry,
+            (source, id),
+            &done,
+            claimant,
+        )
+        .await
+        {
+            Ok(Ownership::Owner { earlier_attempt }) => earlier_attempt,
+            Ok(Ownership::DuplicateOf(owner)) => return Disposition::Duplicate { owner },
+            Ok(Ownership::Contended(owner)) => {
+                return Disposition::Nack {
+                    sink: "ledger",
+                    reason: format!("message {owner} claimed this delivery at the same moment"),
+                };
+            }
             Err(e) => return settle("ledger", e),
         };
         // A provider's resend arrives with a new receive time: the first copy's claimed
@@ -220,11 +249,11 @@ impl Pipeline {
         }
         if !done.contains_key("warehouse") {
             // A warehouse without a unique key (BigQuery) would take a second row if a crash
-            // fell between its insert and the ledger record: record the intent first, and
-            // when an earlier attempt left one, ask the warehouse before inserting again.
-            let inserted = if self.warehouse.deduplicates() {
+            // fell between its insert and the ledger record: when an earlier attempt ran,
+            // ask the warehouse before inserting again.
+            let inserted = if self.warehouse.deduplicates() || !earlier_attempt {
                 false
-            } else if done.contains_key("warehouse.intent") {
+            } else {
                 let received_at = envelope.meta.received_at;
                 match self
                     .retry
@@ -236,10 +265,6 @@ impl Pipeline {
                     Ok(found) => found,
                     Err(e) => return settle("warehouse", e),
                 }
-            } else if let Err(e) = record("warehouse.intent", String::new()).await {
-                return settle("ledger", e);
-            } else {
-                false
             };
             // A failed insert may still have landed (the answer was lost): before retrying
             // into a warehouse without a unique key, ask it.
@@ -418,15 +443,15 @@ pub(crate) mod tests {
         let warehouse = Arc::new(KeylessWarehouse::default());
         let p = pipeline(dir.path(), warehouse.clone());
         let e = envelope("k1", "push");
-        assert_eq!(p.handle(&e, 1).await, Disposition::Ack);
+        assert_eq!(p.handle(&e, "m1", 1).await, Disposition::Ack);
         let done = p.ledger.done("gh", "k1").await.unwrap();
-        assert!(done.contains_key("warehouse.intent") && done.contains_key("warehouse"));
+        assert!(done.contains_key("lease.1") && done.contains_key("warehouse"));
         // The crash window: the row went in, the ledger's `warehouse` record did not.
         let ledger = rusqlite::Connection::open(dir.path().join("ledger.sqlite3")).unwrap();
         ledger
             .execute("DELETE FROM ledger WHERE step = 'warehouse'", [])
             .unwrap();
-        assert_eq!(p.handle(&e, 2).await, Disposition::Ack);
+        assert_eq!(p.handle(&e, "m1", 2).await, Disposition::Ack);
         assert_eq!(*warehouse.rows.lock().unwrap(), ["k1"], "no second row");
         assert!(
             p.ledger
@@ -435,20 +460,33 @@ pub(crate) mod tests {
                 .unwrap()
                 .contains_key("warehouse")
         );
-        // An intent whose insert never happened: the row is written once.
+        // An earlier attempt that died before its insert: the row is written once.
         let e2 = envelope("k2", "push");
         p.ledger
-            .record("gh", "k2", "warehouse.intent", "")
+            .record("gh", "k2", "lease.1", "m2 attempt=1 nonce=0")
             .await
             .unwrap();
-        assert_eq!(p.handle(&e2, 2).await, Disposition::Ack);
+        assert_eq!(p.handle(&e2, "m2", 2).await, Disposition::Ack);
         assert_eq!(*warehouse.rows.lock().unwrap(), ["k1", "k2"]);
         // An insert that landed but answered with an error is not retried into a second row.
         warehouse
             .lose_answer
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        assert_eq!(p.handle(&envelope("k3", "push"), 1).await, Disposition::Ack);
+        assert_eq!(
+            p.handle(&envelope("k3", "push"), "m3", 1).await,
+            Disposition::Ack
+        );
         assert_eq!(*warehouse.rows.lock().unwrap(), ["k1", "k2", "k3"]);
+        // Two copies of one delivery (a provider's resend) at the same moment: one row.
+        let copy = envelope("k4", "push");
+        let (a, b) = tokio::join!(p.handle(&copy, "m4", 1), p.handle(&copy, "m5", 1));
+        assert!(
+            [&a, &b].contains(&&Disposition::Ack)
+                && [a, b]
+                    .iter()
+                    .any(|d| matches!(d, Disposition::Duplicate { .. })),
+        );
+        assert_eq!(*warehouse.rows.lock().unwrap(), ["k1", "k2", "k3", "k4"]);
     }
 
     fn pipeline(dir: &std::path::Path, warehouse: Arc<dyn Warehouse>) -> Pipeline {
@@ -473,7 +511,7 @@ pub(crate) mod tests {
             ..Default::default()
         });
         let p = pipeline(dir.path(), warehouse.clone());
-        let got = p.handle(&envelope("d1", "push"), 1).await;
+        let got = p.handle(&envelope("d1", "push"), "m1", 1).await;
         assert!(
             matches!(
                 got,
@@ -491,7 +529,7 @@ pub(crate) mod tests {
     async fn permanent_sink_failure_dead_letters_with_sink_reason_and_attempt() {
         let dir = tempfile::tempdir().unwrap();
         let p = pipeline(dir.path(), Arc::new(FlakyWarehouse::default()));
-        let got = p.handle(&envelope("d1", "push"), 3).await;
+        let got = p.handle(&envelope("d1", "push"), "m1", 3).await;
         assert_eq!(
             got,
             Disposition::DeadLetter(DeadLetter {
@@ -509,7 +547,7 @@ pub(crate) mod tests {
         let p = pipeline(dir.path(), Arc::new(warehouse));
         let mut e = envelope("poison", "issues");
         e.body = Bytes::from_static(br#"{"action":"opened","issue":{"title":"no url"}}"#);
-        match p.handle(&e, 1).await {
+        match p.handle(&e, "m1", 1).await {
             Disposition::DeadLetter(d) => assert_eq!(d.sink, "slack"),
             other => panic!("expected dead letter, got {other:?}"),
         }
@@ -552,8 +590,8 @@ pub(crate) mod tests {
 
         // Done: a redelivery posts nothing.
         let e = opened_issue("window-1");
-        assert_eq!(p.handle(&e, 1).await, Disposition::Ack);
-        assert_eq!(p.handle(&e, 2).await, Disposition::Ack);
+        assert_eq!(p.handle(&e, "m1", 1).await, Disposition::Ack);
+        assert_eq!(p.handle(&e, "m1", 2).await, Disposition::Ack);
         // Intent without done (a crash right after Slack answered): posted again, counted.
         let crashed = opened_issue("window-2");
         p.ledger
@@ -571,7 +609,7 @@ pub(crate) mod tests {
                 .await
                 .unwrap();
         }
-        assert_eq!(p.handle(&crashed, 2).await, Disposition::Ack);
+        assert_eq!(p.handle(&crashed, "m2", 2).await, Disposition::Ack);
         assert!(
             hookline_shared::metrics::render()
                 .contains("hookline_slack_possible_duplicates_total 1\n")
@@ -592,8 +630,18 @@ pub(crate) mod tests {
             archive_name::object_name(&first.meta),
             archive_name::object_name(&second.meta)
         );
-        let (a, b) = tokio::join!(p.handle(&first, 1), p.handle(&second, 1));
-        assert_eq!((a, b), (Disposition::Ack, Disposition::Ack));
+        let (a, b) = tokio::join!(p.handle(&first, "m1", 1), p.handle(&second, "m2", 1));
+        // One owns it, the other is acked as its duplicate.
+        assert!(
+            matches!(
+                (&a, &b),
+                (Disposition::Ack, Disposition::Duplicate { owner }) if owner == "m1"
+            ) || matches!(
+                (&a, &b),
+                (Disposition::Duplicate { owner }, Disposition::Ack) if owner == "m2"
+            ),
+            "{a:?} {b:?}"
+        );
         let mut objects = Vec::new();
         for day in std::fs::read_dir(dir.path().join("archive/gh")).unwrap() {
             objects.extend(

@@ -115,7 +115,9 @@ pub async fn run(
 
 /// Runs one delivery through the pipeline and settles it.
 pub async fn process(pipeline: Arc<Pipeline>, delivery: Delivery, mut abandon: Abandon) {
-    let span = tracing::info_span!(
+    // At error level so the span is never filtered out: with `RUST_LOG=warn` an info span
+    // is disabled, and its warnings would lose the delivery id.
+    let span = tracing::error_span!(
         "message",
         message_id = %delivery.message_id,
         attempt = delivery.attempt,
@@ -146,7 +148,7 @@ pub async fn process(pipeline: Arc<Pipeline>, delivery: Delivery, mut abandon: A
         span.record("delivery_id", envelope.meta.delivery_id.as_str());
         span.record("source", envelope.meta.source.as_str());
         let disposition = {
-            let work = pipeline.handle(&envelope, delivery.attempt);
+            let work = pipeline.handle(&envelope, &delivery.message_id, delivery.attempt);
             tokio::pin!(work);
             // Keep the lease while sinks are slow, so a second worker never starts on a
             // message this one is still processing (Pub/Sub's client does this by itself).
@@ -171,6 +173,11 @@ pub async fn process(pipeline: Arc<Pipeline>, delivery: Delivery, mut abandon: A
             Disposition::Ack => {
                 metrics::inc("hookline_messages_total", &[("outcome", "ack")]);
                 tracing::info!("processed");
+                delivery.acker.ack().await
+            }
+            Disposition::Duplicate { owner } => {
+                metrics::inc("hookline_messages_total", &[("outcome", "duplicate")]);
+                tracing::info!(owner, "another copy of this delivery owns it; acking this one");
                 delivery.acker.ack().await
             }
             Disposition::Nack { sink, reason } => {

@@ -211,8 +211,8 @@ impl Ledger for GcsArchive {
         let mut done = BTreeMap::new();
         for name in self.list(&dir).await? {
             let step = name[dir.len()..].to_owned();
-            // Only the archive name carries a note worth a read.
-            let note = if step == "archive.name" {
+            // Only the archive name and the leases carry notes worth a read.
+            let note = if crate::ownership::note_matters(&step) {
                 String::from_utf8_lossy(&self.get(&name).await?).into_owned()
             } else {
                 String::new()
@@ -237,6 +237,24 @@ impl Ledger for GcsArchive {
         )
         .await
         .map(drop)
+    }
+
+    /// One create-only upload says who won; only a lost claim reads the winner's note.
+    async fn claim(
+        &self,
+        source: &str,
+        delivery_id: &str,
+        step: &str,
+        proposed: &str,
+    ) -> Result<String, SinkError> {
+        let name = format!("{}{step}", ledger_dir(source, delivery_id));
+        let body = Bytes::from(proposed.to_owned());
+        match self.create(&name, body, Some("text/plain".into())).await? {
+            Outcome::Written => Ok(proposed.to_owned()),
+            Outcome::AlreadyDone => {
+                Ok(String::from_utf8_lossy(&self.get(&name).await?).into_owned())
+            }
+        }
     }
 }
 
