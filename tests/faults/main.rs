@@ -17,9 +17,10 @@
 //!   carries the queue and redelivers what the worker nacks; this test starts its own
 //!   fake-gcs-server and bqemulator, file-backed: bqemulator is SIGKILLed for its outage
 //!   and started again on the same port and data, fake-gcs-server is frozen (SIGSTOP, then
-//!   SIGCONT; killing it tears objects in its filesystem backend). The worker is not killed: the
-//!   emulator never redelivers what a streaming-pull client held when it went away (see
-//!   the test), which would strand messages in the emulator, not in hookline.
+//!   SIGCONT; killing it tears objects in its filesystem backend). The worker is not killed
+//!   there: the emulator never redelivers what a streaming-pull client held when it went
+//!   away (see the test), which would strand messages in the emulator, not in hookline. A
+//!   second run SIGKILLs the worker against the same two emulators, with the embedded queue.
 //!
 //! Size: `HOOKLINE_FAULTS_COUNT` deliveries (default 300 embedded, 200 Google Cloud),
 //! `HOOKLINE_FAULTS_PHASE_SECS` per storage/warehouse fault and `HOOKLINE_FAULTS_SLACK_SECS`
@@ -170,6 +171,16 @@ impl Stack {
         cmd
     }
 
+    /// Runs `hookline provision` (topics, bucket, dataset) or fails the test.
+    fn provision(&self) {
+        let provisioned = self.command(&["provision"], "provision").status().unwrap();
+        assert!(
+            provisioned.success(),
+            "provision failed (log in {})",
+            self.path.display()
+        );
+    }
+
     /// Runs `hookline replay` once; returns how many it replayed.
     fn replay(&self, round: u32) -> u64 {
         let out = self
@@ -278,11 +289,18 @@ impl Drop for Emulator {
     }
 }
 
-/// What differs between engines: configuration, the two outages, and how results are read.
-enum Engine {
-    Embedded {
-        queue: EmbeddedQueue,
-    },
+/// What differs between engines: the queue (how the end is told), the sinks (the two
+/// outages, and how results are read).
+struct Engine {
+    /// The embedded queue, read to tell when it is empty; `None`: Pub/Sub.
+    queue: Option<EmbeddedQueue>,
+    sinks: Sinks,
+}
+
+enum Sinks {
+    /// The archive folder and the SQLite warehouse.
+    Local,
+    /// fake-gcs-server and bqemulator, owned by the test.
     Gcp {
         gcs: Box<Emulator>,
         bigquery: Box<Emulator>,
@@ -292,8 +310,8 @@ enum Engine {
 impl Engine {
     /// The archive is unavailable for `phase`.
     async fn archive_outage(&mut self, stack: &Stack, phase: Duration) {
-        match self {
-            Engine::Embedded { .. } => {
+        match &mut self.sinks {
+            Sinks::Local => {
                 // The folder is gone (a file stands in its place), then comes back.
                 let root = stack.settings.archive.local.root.clone();
                 let away = root.with_extension("away");
@@ -304,7 +322,7 @@ impl Engine {
                 std::fs::remove_file(&root).unwrap();
                 std::fs::rename(&away, &root).unwrap();
             }
-            Engine::Gcp { gcs, .. } => {
+            Sinks::Gcp { gcs, .. } => {
                 // Frozen, not killed: fake-gcs-server's filesystem backend tears the object
                 // it is writing when killed, and then answers 404 for listings under it
                 // for ever (found by this suite). SIGSTOP: every request hangs until
@@ -318,8 +336,8 @@ impl Engine {
 
     /// The warehouse is unavailable for `phase`.
     async fn warehouse_outage(&mut self, stack: &Stack, phase: Duration) {
-        match self {
-            Engine::Embedded { .. } => {
+        match &mut self.sinks {
+            Sinks::Local => {
                 let lock_path = stack.settings.warehouse.sqlite.path.clone();
                 let locker = std::thread::spawn(move || {
                     let conn = rusqlite::Connection::open(lock_path).unwrap();
@@ -330,7 +348,7 @@ impl Engine {
                 tokio::time::sleep(phase).await;
                 locker.join().unwrap();
             }
-            Engine::Gcp { bigquery, .. } => {
+            Sinks::Gcp { bigquery, .. } => {
                 bigquery.kill();
                 tokio::time::sleep(phase).await;
                 bigquery.start().await;
@@ -340,9 +358,9 @@ impl Engine {
 
     /// Archive objects per delivery id.
     async fn objects(&self, stack: &Stack) -> BTreeMap<String, u32> {
-        match self {
-            Engine::Embedded { .. } => archived(&stack.settings.archive.local.root),
-            Engine::Gcp { .. } => {
+        match self.sinks {
+            Sinks::Local => archived(&stack.settings.archive.local.root),
+            Sinks::Gcp { .. } => {
                 let gcs = GcsArchive::connect(&stack.settings.archive.gcs)
                     .await
                     .unwrap();
@@ -354,8 +372,8 @@ impl Engine {
 
     /// Warehouse rows per delivery id.
     async fn rows(&self, stack: &Stack) -> BTreeMap<String, u32> {
-        match self {
-            Engine::Embedded { .. } => {
+        match self.sinks {
+            Sinks::Local => {
                 let conn =
                     rusqlite::Connection::open(&stack.settings.warehouse.sqlite.path).unwrap();
                 conn.prepare("SELECT id, count(*) FROM events GROUP BY id")
@@ -365,7 +383,7 @@ impl Engine {
                     .collect::<Result<_, _>>()
                     .unwrap()
             }
-            Engine::Gcp { .. } => {
+            Sinks::Gcp { .. } => {
                 let bq = &stack.settings.warehouse.bigquery;
                 let warehouse = BigQueryWarehouse::connect(PROJECT, bq).await.unwrap();
                 let sql = format!(
@@ -386,9 +404,9 @@ impl Engine {
     /// Waits until nothing is left to redeliver: the embedded queue's topics are empty;
     /// on Pub/Sub, one ack deadline passes, so a lease a killed worker held has come back.
     async fn quiesce(&self) -> bool {
-        match self {
-            Engine::Embedded { queue } => queue_empty(queue, Duration::from_secs(180)).await,
-            Engine::Gcp { .. } => {
+        match &self.queue {
+            Some(queue) => queue_empty(queue, Duration::from_secs(180)).await,
+            None => {
                 // The longest a message can stay away: a lease (10 s) plus the largest
                 // redelivery backoff (5 s).
                 tokio::time::sleep(Duration::from_secs(16)).await;
@@ -565,7 +583,7 @@ async fn run_faults(run: Run, stack: Stack, mut engine: Engine, fake: FakeSlack)
     // seen from the sinks; the embedded queue below says when its topic is empty, which
     // also covers deliveries that used up their attempts during an outage)...
     let settle = Instant::now() + Duration::from_secs(300);
-    if matches!(engine, Engine::Gcp { .. }) {
+    if engine.queue.is_none() {
         loop {
             let f = findings(&engine, &stack, &acked, &fake, false).await;
             if (f.lost.is_empty() && f.missed_slack.is_empty()) || Instant::now() > settle {
@@ -587,7 +605,7 @@ async fn run_faults(run: Run, stack: Stack, mut engine: Engine, fake: FakeSlack)
     // The embedded queue says when its topic is empty; on Pub/Sub, wait until Slack has
     // refused every poison delivery (one may also have used up its attempts during an
     // outage and reached the dead-letter side unrefused: wait, but do not insist).
-    if matches!(engine, Engine::Gcp { .. }) {
+    if engine.queue.is_none() {
         let _ = http::wait_for(Duration::from_secs(60), async || {
             fake.refused.lock().unwrap().len() >= poison
         })
@@ -612,7 +630,7 @@ async fn run_faults(run: Run, stack: Stack, mut engine: Engine, fake: FakeSlack)
         }
     }
     let quiet = engine.quiesce().await;
-    if let Engine::Embedded { queue } = &engine {
+    if let Some(queue) = &engine.queue {
         let dead_left = queue.depth(DEAD_LETTER_TOPIC).await.unwrap();
         assert_eq!(dead_left, (0, 0), "every dead letter was replayed");
     }
@@ -705,25 +723,92 @@ path = "{d}/warehouse.sqlite3"
     let stack = Stack::new(dir, &toml, env);
     let queue =
         EmbeddedQueue::open(&stack.settings.queue.embedded, Duration::from_millis(20)).unwrap();
-    run_faults(run, stack, Engine::Embedded { queue }, fake).await;
+    let engine = Engine {
+        queue: Some(queue),
+        sinks: Sinks::Local,
+    };
+    run_faults(run, stack, engine, fake).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gcp_never_loses_never_doubles_under_faults() {
     let pubsub = required_env("PUBSUB_EMULATOR_HOST");
-    let gcs_bin = required_env("HOOKLINE_FAKE_GCS_BIN");
-    let bq_bin = required_env("HOOKLINE_BQEMULATOR_BIN");
     let _serial = SERIAL.lock().await;
     // The worker is not killed here. Google's Pub/Sub emulator never redelivers what a
     // streaming-pull client held when it went away: measured, a message leased by a worker
     // SIGKILLed mid-sink was not delivered again in 11 minutes (10 s ack deadline; Pub/Sub
     // itself redelivers after the deadline), and restarting workers with SIGTERM every 4 s
-    // stranded 132 of 200 messages, nacked or not. Worker kills are proven on the embedded
-    // queue; here the outages, nacks and the emulator's redelivery of nacked messages are.
+    // stranded 132 of 200 messages, nacked or not. Worker kills against Cloud Storage and
+    // BigQuery run in the next test, on the embedded queue; here the outages, nacks and the
+    // emulator's redelivery of nacked messages are.
     let run = Run::from_env(200, None);
     let (slack, fake) = fake_slack().await;
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_path_buf();
+    let (sinks, sinks_toml, mut env) = gcp_sinks(dir.path()).await;
+    let suffix = format!("{:08x}", rand::random::<u32>());
+    let toml = format!(
+        r#"
+[queue]
+backend = "pubsub"
+[queue.pubsub]
+topic = "faults-{suffix}"
+subscription = "faults-worker-{suffix}"
+dead_letter_topic = "faults-dead-{suffix}"
+dead_letter_subscription = "faults-dead-ops-{suffix}"
+ack_deadline_secs = 10
+max_delivery_attempts = 30
+min_backoff_secs = 1
+max_backoff_secs = 5
+{sinks_toml}"#
+    );
+    env.push(("PUBSUB_EMULATOR_HOST".into(), pubsub));
+    env.push(("FAULTS_SLACK_URL".into(), format!("{}/hook", slack.uri())));
+    let stack = Stack::new(dir, &toml, env);
+    stack.provision();
+    let engine = Engine { queue: None, sinks };
+    run_faults(run, stack, engine, fake).await;
+}
+
+/// The worker SIGKILLed every 1.5 s while it writes to Cloud Storage and BigQuery (their
+/// emulators), with every other fault too. The queue is the embedded one, which redelivers
+/// what a dead worker held (see above for why not the Pub/Sub emulator): what is proven here
+/// is the sinks' side, a kill between an effect and its ledger record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcp_sinks_never_lose_never_double_when_the_worker_is_killed() {
+    let _serial = SERIAL.lock().await;
+    let run = Run::from_env(200, Some(Duration::from_millis(1500)));
+    let (slack, fake) = fake_slack().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (sinks, sinks_toml, mut env) = gcp_sinks(dir.path()).await;
+    let d = dir.path().display();
+    let toml = format!(
+        r#"
+[queue.embedded]
+path = "{d}/queue.sqlite3"
+ack_deadline_secs = 5
+max_delivery_attempts = 30
+min_backoff_ms = 500
+max_backoff_ms = 5000
+{sinks_toml}"#
+    );
+    env.push(("FAULTS_SLACK_URL".into(), format!("{}/hook", slack.uri())));
+    let stack = Stack::new(dir, &toml, env);
+    stack.provision();
+    let queue =
+        EmbeddedQueue::open(&stack.settings.queue.embedded, Duration::from_millis(20)).unwrap();
+    let engine = Engine {
+        queue: Some(queue),
+        sinks,
+    };
+    run_faults(run, stack, engine, fake).await;
+}
+
+/// Starts fake-gcs-server and bqemulator, file-backed under `data`; returns them, the
+/// configuration for them (with `[server]`, `[gcp]`, the worker and Slack), and their
+/// environment.
+async fn gcp_sinks(data: &Path) -> (Sinks, String, Vec<(String, String)>) {
+    let gcs_bin = required_env("HOOKLINE_FAKE_GCS_BIN");
+    let bq_bin = required_env("HOOKLINE_BQEMULATOR_BIN");
     let (gcs_port, bq_port, bq_grpc_port) = (free_port(), free_port(), free_port());
     let gcs_root = data.join("gcs");
     std::fs::create_dir_all(&gcs_root).unwrap();
@@ -749,7 +834,7 @@ async fn gcp_never_loses_never_doubles_under_faults() {
         .map(String::from)
         .to_vec(),
         ready_url: format!("http://127.0.0.1:{gcs_port}/storage/v1/b?project={PROJECT}"),
-        log_dir: data.clone(),
+        log_dir: data.to_path_buf(),
         child: None,
         runs: 0,
     };
@@ -777,12 +862,11 @@ async fn gcp_never_loses_never_doubles_under_faults() {
         .map(String::from)
         .to_vec(),
         ready_url: format!("http://127.0.0.1:{bq_port}/bigquery/v2/projects/{PROJECT}/datasets"),
-        log_dir: data.clone(),
+        log_dir: data.to_path_buf(),
         child: None,
         runs: 0,
     };
     tokio::join!(gcs.start(), bigquery.start());
-
     let suffix = format!("{:08x}", rand::random::<u32>());
     let toml = format!(
         r#"
@@ -790,17 +874,6 @@ async fn gcp_never_loses_never_doubles_under_faults() {
 host = "127.0.0.1"
 [gcp]
 project = "{PROJECT}"
-[queue]
-backend = "pubsub"
-[queue.pubsub]
-topic = "faults-{suffix}"
-subscription = "faults-worker-{suffix}"
-dead_letter_topic = "faults-dead-{suffix}"
-dead_letter_subscription = "faults-dead-ops-{suffix}"
-ack_deadline_secs = 10
-max_delivery_attempts = 30
-min_backoff_secs = 1
-max_backoff_secs = 5
 [archive]
 backend = "gcs"
 [archive.gcs]
@@ -813,8 +886,6 @@ dataset = "faults_{suffix}"
         common_toml("")
     );
     let env = vec![
-        ("FAULTS_SLACK_URL".into(), format!("{}/hook", slack.uri())),
-        ("PUBSUB_EMULATOR_HOST".into(), pubsub),
         (
             "STORAGE_EMULATOR_HOST".into(),
             format!("http://127.0.0.1:{gcs_port}"),
@@ -824,18 +895,11 @@ dataset = "faults_{suffix}"
             format!("http://127.0.0.1:{bq_port}"),
         ),
     ];
-    let stack = Stack::new(dir, &toml, env);
-    let provisioned = stack.command(&["provision"], "provision").status().unwrap();
-    assert!(
-        provisioned.success(),
-        "provision failed (log in {})",
-        stack.path.display()
-    );
-    let engine = Engine::Gcp {
+    let sinks = Sinks::Gcp {
         gcs: Box::new(gcs),
         bigquery: Box::new(bigquery),
     };
-    run_faults(run, stack, engine, fake).await;
+    (sinks, toml, env)
 }
 
 fn body(i: usize) -> (Vec<u8>, &'static str) {
