@@ -118,10 +118,25 @@ fn owner_of(note: &str) -> &str {
     note.split(' ').next().unwrap_or_default()
 }
 
-/// Whether a ledger step's note must be read to decide (archive name, lease owner): the
-/// Cloud Storage ledger reads only those.
-pub fn note_matters(step: &str) -> bool {
-    step == "archive.name" || step.starts_with(LEASE_PREFIX)
+/// The ledger steps whose notes decide anything: the archive name and the newest lease (who
+/// owns the delivery now; older leases are history). The Cloud Storage ledger reads only
+/// these, one request each, so a delivery redelivered many times costs no more to look up.
+pub fn notes_to_read<'a>(steps: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut newest: Option<(u32, &str)> = None;
+    let mut read = Vec::new();
+    for step in steps {
+        if step == "archive.name" {
+            read.push(step);
+        } else if let Some(number) = step
+            .strip_prefix(LEASE_PREFIX)
+            .and_then(|n| n.parse::<u32>().ok())
+            && newest.is_none_or(|(n, _)| number > n)
+        {
+            newest = Some((number, step));
+        }
+    }
+    read.extend(newest.map(|(_, step)| step));
+    read
 }
 
 #[cfg(test)]
@@ -223,5 +238,19 @@ mod tests {
                 earlier_attempt: true
             }
         );
+    }
+
+    #[test]
+    fn only_the_archive_name_and_the_newest_lease_are_worth_reading() {
+        let steps = [
+            "archive",
+            "archive.name",
+            "lease.1",
+            "lease.10",
+            "lease.9",
+            "slack",
+        ];
+        assert_eq!(notes_to_read(steps), ["archive.name", "lease.10"]);
+        assert_eq!(notes_to_read(["warehouse", "lease.x"]), Vec::<&str>::new());
     }
 }

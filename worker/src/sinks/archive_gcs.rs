@@ -208,16 +208,19 @@ impl Ledger for GcsArchive {
         delivery_id: &str,
     ) -> Result<BTreeMap<String, String>, SinkError> {
         let dir = ledger_dir(source, delivery_id);
-        let mut done = BTreeMap::new();
-        for name in self.list(&dir).await? {
-            let step = name[dir.len()..].to_owned();
-            // Only the archive name and the leases carry notes worth a read.
-            let note = if crate::ownership::note_matters(&step) {
-                String::from_utf8_lossy(&self.get(&name).await?).into_owned()
-            } else {
-                String::new()
-            };
-            done.insert(step, note);
+        let names = self.list(&dir).await?;
+        let mut done: BTreeMap<String, String> = names
+            .iter()
+            .map(|name| (name[dir.len()..].to_owned(), String::new()))
+            .collect();
+        // Only the archive name and the newest lease carry notes worth a read.
+        let read: Vec<String> = crate::ownership::notes_to_read(done.keys().map(String::as_str))
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        for step in read {
+            let note = self.get(&format!("{dir}{step}")).await?;
+            done.insert(step, String::from_utf8_lossy(&note).into_owned());
         }
         Ok(done)
     }
@@ -285,7 +288,7 @@ impl Archive for GcsArchive {
 
 #[cfg(test)]
 mod tests {
-    use wiremock::matchers::{method, path, query_param};
+    use wiremock::matchers::{method, path, path_regex, query_param};
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     use super::*;
@@ -362,5 +365,68 @@ mod tests {
                 .unwrap_err()
                 .is_transient()
         );
+    }
+
+    #[tokio::test]
+    async fn the_ledger_reads_only_the_archive_name_and_the_newest_lease() {
+        let server = MockServer::start().await;
+        let dir = ledger_dir("gh", "d1");
+        let steps = [
+            "archive",
+            "archive.name",
+            "lease.1",
+            "lease.2",
+            "lease.3",
+            "slack",
+        ];
+        let items: Vec<_> = steps
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "kind": "storage#object", "name": format!("{dir}{s}"), "id": s,
+                    "bucket": "bkt", "selfLink": "l", "mediaLink": "l",
+                    "generation": "1", "metageneration": "1",
+                })
+            })
+            .collect();
+        Mock::given(method("GET"))
+            .and(path("/storage/v1/b/bkt/o"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(serde_json::json!({"kind": "storage#objects", "items": items})),
+            )
+            .expect(1)
+            .mount(&server)
+            .await;
+        for (step, reads, note) in [
+            ("archive.name", 1, "gh/2026/d1.json"),
+            ("lease.3", 1, "m7 attempt=2 nonce=ab"),
+            ("lease.2", 0, "m6 attempt=1 nonce=cd"),
+            ("lease.1", 0, "m5 attempt=1 nonce=ef"),
+        ] {
+            Mock::given(method("GET"))
+                .and(path_regex(format!(r"/o/.*{}$", regex_escape(step))))
+                .respond_with(ResponseTemplate::new(200).set_body_string(note))
+                .expect(reads)
+                .mount(&server)
+                .await;
+        }
+        let settings = GcsSettings {
+            bucket: "bkt".into(),
+            location: None,
+            endpoint: Some(server.uri()),
+        };
+        let archive = GcsArchive::connect(&settings).await.unwrap();
+        let done = archive.done("gh", "d1").await.unwrap();
+        assert_eq!(done.len(), steps.len());
+        assert_eq!(done["archive.name"], "gh/2026/d1.json");
+        assert_eq!(done["lease.3"], "m7 attempt=2 nonce=ab");
+        assert_eq!(done["lease.1"], "");
+        assert_eq!(done["slack"], "");
+        // Dropping the server checks each mock's expected number of requests.
+    }
+
+    fn regex_escape(s: &str) -> String {
+        s.replace('.', r"\.")
     }
 }
