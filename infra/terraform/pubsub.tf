@@ -33,9 +33,13 @@ resource "google_pubsub_subscription" "worker" {
     max_delivery_attempts = var.max_delivery_attempts
   }
 
-  retry_policy {
-    minimum_backoff = "${var.min_backoff_secs}s"
-    maximum_backoff = "${var.max_backoff_secs}s"
+  # Without a retry policy Pub/Sub redelivers a nacked message at once.
+  dynamic "retry_policy" {
+    for_each = var.retry_policy ? [1] : []
+    content {
+      minimum_backoff = "${var.min_backoff_secs}s"
+      maximum_backoff = "${var.max_backoff_secs}s"
+    }
   }
 
   # Never expire for inactivity (the default is 31 days without a subscriber).

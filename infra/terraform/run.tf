@@ -29,6 +29,7 @@ locals {
     HOOKLINE__QUEUE__PUBSUB__DEAD_LETTER_SUBSCRIPTION = google_pubsub_subscription.dead_letter_operators.name
     HOOKLINE__QUEUE__PUBSUB__ACK_DEADLINE_SECS        = var.ack_deadline_secs
     HOOKLINE__QUEUE__PUBSUB__MAX_DELIVERY_ATTEMPTS    = var.max_delivery_attempts
+    HOOKLINE__QUEUE__PUBSUB__RETRY_POLICY             = var.retry_policy
     HOOKLINE__QUEUE__PUBSUB__MIN_BACKOFF_SECS         = var.min_backoff_secs
     HOOKLINE__QUEUE__PUBSUB__MAX_BACKOFF_SECS         = var.max_backoff_secs
     HOOKLINE__ARCHIVE__BACKEND                        = "gcs"

@@ -149,6 +149,12 @@ variable "max_delivery_attempts" {
   }
 }
 
+variable "retry_policy" {
+  description = "Whether the worker's subscription waits min_backoff_secs..max_backoff_secs before redelivering a nacked message; false redelivers at once (queue.pubsub.retry_policy)."
+  type        = bool
+  default     = true
+}
+
 variable "min_backoff_secs" {
   description = "Redelivery delay after a nack, lower bound (queue.pubsub.min_backoff_secs)."
   type        = number

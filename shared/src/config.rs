@@ -160,7 +160,11 @@ pub struct PubsubSettings {
     pub ack_deadline_secs: u32,
     /// Deliveries before Pub/Sub forwards a message to the dead-letter topic (5 to 100).
     pub max_delivery_attempts: u32,
-    /// The subscription's retry policy after a nack (0 to 600 s).
+    /// Whether the subscription has a retry policy: after a nack, Pub/Sub waits between
+    /// `min_backoff_secs` and `max_backoff_secs` (0 to 600 s, growing with each attempt)
+    /// before it redelivers. Without one it redelivers at once. The emulator's retry-policy
+    /// path can stop redelivering for good (see `tests/faults`), so the tests run without.
+    pub retry_policy: bool,
     pub min_backoff_secs: u32,
     pub max_backoff_secs: u32,
     /// Bodies larger than this are stored in the archive first and published as a pointer
@@ -179,6 +183,7 @@ impl Default for PubsubSettings {
             dead_letter_subscription: "hookline-dead-letter-operators".into(),
             ack_deadline_secs: 60,
             max_delivery_attempts: 5,
+            retry_policy: true,
             min_backoff_secs: 10,
             max_backoff_secs: 600,
             claim_check_bytes: 9_500_000,

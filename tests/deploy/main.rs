@@ -265,6 +265,11 @@ fn terraform_variable_defaults_are_the_code_defaults() {
             q.max_delivery_attempts.to_string(),
         ),
         (
+            "retry_policy",
+            "queue.pubsub.retry_policy",
+            q.retry_policy.to_string(),
+        ),
+        (
             "min_backoff_secs",
             "queue.pubsub.min_backoff_secs",
             q.min_backoff_secs.to_string(),

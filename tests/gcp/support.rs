@@ -62,6 +62,13 @@ impl GcpEnv {
         let env = emulator_env();
         let suffix = format!("{:08x}", rand::random::<u32>());
         let dir = tempfile::tempdir().unwrap();
+        // No retry policy unless a test asks for one: the emulator's retry-policy path can
+        // stop redelivering for good (tests/faults/main.rs says how).
+        let retry_policy = if pubsub_extra.contains("retry_policy") {
+            ""
+        } else {
+            "retry_policy = false"
+        };
         let toml = format!(
             r#"
 [server]
@@ -76,8 +83,7 @@ topic = "events-{suffix}"
 subscription = "worker-{suffix}"
 dead_letter_topic = "dead-{suffix}"
 dead_letter_subscription = "dead-ops-{suffix}"
-min_backoff_secs = 0
-max_backoff_secs = 1
+{retry_policy}
 {pubsub_extra}
 [archive]
 backend = "gcs"

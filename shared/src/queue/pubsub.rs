@@ -528,7 +528,7 @@ pub async fn provision(
     }
     let secs = |n: u32| google_cloud_wkt::Duration::clamp(i64::from(n), 0);
     let path = connection.subscription_path(&s.subscription);
-    let r = subs
+    let mut create = subs
         .create_subscription()
         .set_name(path.clone())
         .set_topic(connection.topic_path(&s.topic))
@@ -537,15 +537,15 @@ pub async fn provision(
             DeadLetterPolicy::new()
                 .set_dead_letter_topic(connection.topic_path(&s.dead_letter_topic))
                 .set_max_delivery_attempts(i32::try_from(s.max_delivery_attempts).unwrap_or(5)),
-        )
-        .set_retry_policy(
+        );
+    if s.retry_policy {
+        create = create.set_retry_policy(
             SubscriptionRetryPolicy::new()
                 .set_minimum_backoff(secs(s.min_backoff_secs))
                 .set_maximum_backoff(secs(s.max_backoff_secs)),
-        )
-        .send()
-        .await
-        .map(|_| ());
+        );
+    }
+    let r = create.send().await.map(|_| ());
     done.push(outcome(path, r)?);
     let path = connection.subscription_path(&s.dead_letter_subscription);
     let r = subs
