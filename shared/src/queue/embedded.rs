@@ -62,6 +62,13 @@ CREATE INDEX IF NOT EXISTS messages_ready ON messages (topic, visible_at, id);
 CREATE INDEX IF NOT EXISTS messages_exhausted ON messages (topic, attempts, visible_at);
 ";
 
+/// The next ready messages of topic ?3 at time ?4, at most ?5, the longest-visible first
+/// (publish order, for messages never nacked). Ordered as `messages_ready` is, so SQLite
+/// reads the first ?5 index entries and stops: ordered by `id` alone it read and sorted
+/// every ready entry on each pull, a fifth of the worker's time with 20,000 queued.
+const NEXT_READY: &str = "SELECT id FROM messages WHERE topic = ?3 AND visible_at <= ?4
+                          ORDER BY visible_at, id LIMIT ?5";
+
 struct PublishRequest {
     topic: &'static str,
     body: Bytes,
@@ -348,12 +355,11 @@ impl EmbeddedSubscription {
             let deadline =
                 now + i64::try_from(settings.ack_deadline_secs * 1000).unwrap_or(i64::MAX);
             let rows = {
-                let mut stmt = tx.prepare_cached(
+                let mut stmt = tx.prepare_cached(&format!(
                     "UPDATE messages SET attempts = attempts + 1, visible_at = ?1, lease = ?2
-                     WHERE id IN (SELECT id FROM messages WHERE topic = ?3 AND visible_at <= ?4
-                                  ORDER BY id LIMIT ?5)
-                     RETURNING id, body, attributes, attempts",
-                )?;
+                     WHERE id IN ({NEXT_READY})
+                     RETURNING id, body, attributes, attempts"
+                ))?;
                 stmt.query_map(params![deadline, lease, topic, now, max as i64], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                 })?

@@ -198,3 +198,30 @@ async fn concurrent_publishes_are_group_committed_and_all_stored() {
     assert_eq!(ids.len(), 200);
     assert_eq!(q.depth(MAIN_TOPIC).await.unwrap(), (200, 0));
 }
+
+/// A pull reads only the index entries it returns: no sort of every ready message (which
+/// made each pull cost as much as the backlog was long).
+#[test]
+fn the_next_ready_messages_come_straight_from_the_index() {
+    let conn = Connection::open_in_memory().unwrap();
+    conn.execute_batch(SCHEMA).unwrap();
+    let mut stmt = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {NEXT_READY}"))
+        .unwrap();
+    let plan: Vec<String> = stmt
+        .query_map(rusqlite::params![0, 0, MAIN_TOPIC, 0, 16], |r| {
+            r.get::<_, String>(3)
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        plan.iter()
+            .any(|step| step.contains("INDEX messages_ready")),
+        "{plan:?}"
+    );
+    assert!(
+        !plan.iter().any(|step| step.contains("TEMP B-TREE")),
+        "{plan:?}"
+    );
+}
