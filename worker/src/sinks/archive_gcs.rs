@@ -304,16 +304,20 @@ mod tests {
             .expect(1)
             .mount(&server)
             .await;
+        archive_on(&server)
+            .await
+            .put("gh/o", &envelope("d1", "push"))
+            .await
+    }
+
+    /// The archive in bucket `bkt` of the fake Cloud Storage `server`.
+    async fn archive_on(server: &MockServer) -> GcsArchive {
         let settings = GcsSettings {
             bucket: "bkt".into(),
             location: None,
             endpoint: Some(server.uri()),
         };
-        GcsArchive::connect(&settings)
-            .await
-            .unwrap()
-            .put("gh/o", &envelope("d1", "push"))
-            .await
+        GcsArchive::connect(&settings).await.unwrap()
     }
 
     fn error_body(code: u16, errors: serde_json::Value) -> serde_json::Value {
@@ -411,13 +415,7 @@ mod tests {
                 .mount(&server)
                 .await;
         }
-        let settings = GcsSettings {
-            bucket: "bkt".into(),
-            location: None,
-            endpoint: Some(server.uri()),
-        };
-        let archive = GcsArchive::connect(&settings).await.unwrap();
-        let done = archive.done("gh", "d1").await.unwrap();
+        let done = archive_on(&server).await.done("gh", "d1").await.unwrap();
         assert_eq!(done.len(), steps.len());
         assert_eq!(done["archive.name"], "gh/2026/d1.json");
         assert_eq!(done["lease.3"], "m7 attempt=2 nonce=ab");
