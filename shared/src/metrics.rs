@@ -36,7 +36,7 @@ const METRICS: &[(&str, &str, &str)] = &[
     (
         "hookline_messages_total",
         "counter",
-        "Messages settled by the worker, by outcome (ack, nack, dead_letter).",
+        "Messages settled by the worker, by outcome (ack, duplicate, nack, dead_letter).",
     ),
     (
         "hookline_dead_lettered_total",

@@ -106,11 +106,13 @@ pub async fn acquire(
 /// The highest-numbered lease and the message that holds it.
 fn newest_lease(done: &BTreeMap<String, String>) -> Option<(u32, &str)> {
     done.iter()
-        .filter_map(|(step, note)| {
-            let number = step.strip_prefix(LEASE_PREFIX)?.parse().ok()?;
-            Some((number, owner_of(note)))
-        })
+        .filter_map(|(step, note)| Some((lease_number(step)?, owner_of(note))))
         .max_by_key(|(number, _)| *number)
+}
+
+/// The number of a lease step (`lease.3` is 3); `None` for every other step.
+fn lease_number(step: &str) -> Option<u32> {
+    step.strip_prefix(LEASE_PREFIX)?.parse().ok()
 }
 
 /// The message id in a lease's note (its first word).
@@ -122,21 +124,18 @@ fn owner_of(note: &str) -> &str {
 /// owns the delivery now; older leases are history). The Cloud Storage ledger reads only
 /// these, one request each, so a delivery redelivered many times costs no more to look up.
 pub fn notes_to_read<'a>(steps: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
-    let mut newest: Option<(u32, &str)> = None;
-    let mut read = Vec::new();
-    for step in steps {
-        if step == "archive.name" {
-            read.push(step);
-        } else if let Some(number) = step
-            .strip_prefix(LEASE_PREFIX)
-            .and_then(|n| n.parse::<u32>().ok())
-            && newest.is_none_or(|(n, _)| number > n)
-        {
-            newest = Some((number, step));
-        }
-    }
-    read.extend(newest.map(|(_, step)| step));
-    read
+    let steps: Vec<&str> = steps.into_iter().collect();
+    let newest = steps
+        .iter()
+        .filter_map(|step| Some((lease_number(step)?, *step)))
+        .max_by_key(|(number, _)| *number)
+        .map(|(_, step)| step);
+    steps
+        .iter()
+        .copied()
+        .filter(|step| *step == "archive.name")
+        .chain(newest)
+        .collect()
 }
 
 #[cfg(test)]
