@@ -4,6 +4,7 @@
 //! - [`verify`]: provider signature schemes, one file per provider, and delivery ids.
 //! - [`config`]: typed settings, layered defaults → file → environment.
 //! - [`queue`]: the publish/subscribe contract and the embedded SQLite engine.
+//! - [`group_commit`]: one writer thread per SQLite file, many writes per commit.
 //! - [`sink`]: the archive and warehouse contracts and their error classification.
 //! - [`schema`]: the warehouse table, read from the one schema file under `infra/`.
 //! - [`archive_name`]: where a delivery's body is archived.
@@ -14,6 +15,7 @@
 pub mod archive_name;
 pub mod config;
 pub mod envelope;
+pub mod group_commit;
 pub mod metrics;
 pub mod provision;
 pub mod queue;

@@ -2,10 +2,11 @@
 //!
 //! Durability: every publish is committed with `synchronous=FULL`, so the WAL is fsync'd
 //! before ingest answers 200. Publishes go through one writer thread that commits everything
-//! waiting in one transaction (group commit): under load many requests share one fsync, when
-//! idle a request pays for exactly one.
+//! waiting in one transaction ([`crate::group_commit`]): under load many requests share one
+//! fsync, when idle a request pays for exactly one.
 //!
-//! Settling is committed with `synchronous=NORMAL` on the consumer's connection: a lease,
+//! Settling is committed with `synchronous=NORMAL` on the consumer's connection, through a
+//! writer thread of its own, so the acks of many messages share a commit too: a lease,
 //! ack or nack survives the process being killed (the WAL is written), but the last ones may
 //! be lost if the machine loses power before the next checkpoint. Losing an ack means a
 //! redelivery, which the worker's idempotent sinks absorb; it never loses a message. An
@@ -21,19 +22,19 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::Utc;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use tokio::sync::oneshot;
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Acker, DeadLetter, Delivery, Publisher, QueueError, Subscriber, redelivery_backoff};
 use crate::config::EmbeddedQueueSettings;
 use crate::envelope::Envelope;
+use crate::group_commit::{CommitError, GroupCommit};
 
 /// Topic names inside the file; the same names the Pub/Sub engine uses by default.
 pub const MAIN_TOPIC: &str = "hookline-events";
@@ -44,6 +45,10 @@ pub const DEAD_LETTER_TOPIC: &str = "hookline-events-dead-letter";
 const WRITER_BACKLOG: usize = 4096;
 /// The most publishes one transaction commits.
 const GROUP_COMMIT_MAX: usize = 512;
+/// The consumer's writes (leases, acks, nacks) wait for at most this many others; the worker
+/// has at most its concurrency in flight, plus lease extensions.
+const CONSUMER_BACKLOG: usize = 1024;
+const CONSUMER_BATCH_MAX: usize = 256;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
@@ -69,18 +74,13 @@ CREATE INDEX IF NOT EXISTS messages_exhausted ON messages (topic, attempts, visi
 const NEXT_READY: &str = "SELECT id FROM messages WHERE topic = ?3 AND visible_at <= ?4
                           ORDER BY visible_at, id LIMIT ?5";
 
-struct PublishRequest {
-    topic: &'static str,
-    body: Bytes,
-    attributes: String,
-    reply: oneshot::Sender<Result<i64, rusqlite::Error>>,
-}
-
-/// A handle on the queue file. Cheap to clone; every clone shares the writer thread.
+/// A handle on the queue file. Cheap to clone; every clone shares the writer threads.
 #[derive(Clone)]
 pub struct EmbeddedQueue {
-    writer: SyncSender<PublishRequest>,
-    consumer: Arc<Mutex<Connection>>,
+    /// Publishes (`synchronous=FULL`).
+    publisher: GroupCommit,
+    /// Leases, settling and reads (`synchronous=NORMAL`).
+    consumer: GroupCommit,
     settings: Arc<EmbeddedQueueSettings>,
     poll_interval: Duration,
     path: PathBuf,
@@ -140,14 +140,21 @@ impl EmbeddedQueue {
         consumer
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(QueueError::unavailable)?;
-        let (tx, rx) = sync_channel(WRITER_BACKLOG);
-        std::thread::Builder::new()
-            .name("queue-writer".into())
-            .spawn(move || writer_loop(writer_conn, rx))
-            .map_err(QueueError::unavailable)?;
         Ok(Self {
-            writer: tx,
-            consumer: Arc::new(Mutex::new(consumer)),
+            publisher: GroupCommit::start(
+                "queue-writer",
+                writer_conn,
+                WRITER_BACKLOG,
+                GROUP_COMMIT_MAX,
+            )
+            .map_err(QueueError::unavailable)?,
+            consumer: GroupCommit::start(
+                "queue-consumer",
+                consumer,
+                CONSUMER_BACKLOG,
+                CONSUMER_BATCH_MAX,
+            )
+            .map_err(QueueError::unavailable)?,
             settings: Arc::new(settings.clone()),
             poll_interval,
             path,
@@ -183,22 +190,19 @@ impl EmbeddedQueue {
         body: Bytes,
         attributes: &BTreeMap<String, String>,
     ) -> Result<String, QueueError> {
-        let (reply, rx) = oneshot::channel();
-        let request = PublishRequest {
-            topic,
-            body,
-            attributes: serde_json::to_string(attributes).map_err(QueueError::unavailable)?,
-            reply,
-        };
-        match self.writer.try_send(request) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(QueueError::Full),
-            Err(TrySendError::Disconnected(_)) => return Err(QueueError::Closed),
-        }
-        let id = rx
+        let attributes = serde_json::to_string(attributes).map_err(QueueError::unavailable)?;
+        let id = self
+            .publisher
+            .run(move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO messages (topic, body, attributes, published_at, visible_at)
+                     VALUES (?1, ?2, ?3, ?4, ?4)",
+                )?
+                .execute(params![topic, &body[..], attributes, now_ms()])?;
+                Ok(conn.last_insert_rowid())
+            })
             .await
-            .map_err(|_| QueueError::Closed)?
-            .map_err(QueueError::unavailable)?;
+            .map_err(queue_error)?;
         Ok(id.to_string())
     }
 
@@ -221,16 +225,17 @@ impl EmbeddedQueue {
     async fn with_consumer<T, F>(&self, f: F) -> Result<T, QueueError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let conn = Arc::clone(&self.consumer);
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            f(&mut guard)
-        })
-        .await
-        .map_err(QueueError::unavailable)?
-        .map_err(QueueError::unavailable)
+        self.consumer.run(f).await.map_err(queue_error)
+    }
+}
+
+fn queue_error(e: CommitError) -> QueueError {
+    match e {
+        CommitError::Backlog(_) => QueueError::Full,
+        CommitError::Stopped(_) => QueueError::Closed,
+        other => QueueError::unavailable(other),
     }
 }
 
@@ -243,55 +248,6 @@ fn checkpoint_loop(conn: &Connection, stop: &Receiver<()>) {
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::debug!(error = %e, "queue checkpoint skipped");
         }
-    }
-}
-
-/// Drains the request channel, committing each batch in one transaction.
-fn writer_loop(mut conn: Connection, rx: Receiver<PublishRequest>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < GROUP_COMMIT_MAX {
-            match rx.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
-        let result = commit_batch(&mut conn, &batch);
-        for (i, request) in batch.into_iter().enumerate() {
-            let reply = match &result {
-                Ok(ids) => Ok(ids[i]),
-                Err(e) => Err(clone_sqlite_error(e)),
-            };
-            // The requester may have timed out and gone; its message is stored regardless.
-            let _ = request.reply.send(reply);
-        }
-    }
-}
-
-fn commit_batch(conn: &mut Connection, batch: &[PublishRequest]) -> rusqlite::Result<Vec<i64>> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let now = now_ms();
-    let mut ids = Vec::with_capacity(batch.len());
-    {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO messages (topic, body, attributes, published_at, visible_at)
-             VALUES (?1, ?2, ?3, ?4, ?4)",
-        )?;
-        for r in batch {
-            insert.execute(params![r.topic, &r.body[..], r.attributes, now])?;
-            ids.push(tx.last_insert_rowid());
-        }
-    }
-    tx.commit()?;
-    Ok(ids)
-}
-
-fn clone_sqlite_error(e: &rusqlite::Error) -> rusqlite::Error {
-    match e {
-        rusqlite::Error::SqliteFailure(code, msg) => {
-            rusqlite::Error::SqliteFailure(*code, msg.clone())
-        }
-        other => rusqlite::Error::ToSqlConversionFailure(other.to_string().into()),
     }
 }
 
@@ -326,13 +282,11 @@ impl EmbeddedSubscription {
     fn lease(
         &self,
         max: usize,
-    ) -> impl FnOnce(&mut Connection) -> rusqlite::Result<(i64, Vec<LeasedRow>)> + Send + 'static
-    {
+    ) -> impl FnOnce(&Connection) -> rusqlite::Result<(i64, Vec<LeasedRow>)> + Send + 'static {
         let topic = self.topic;
         let dead_letter_topic = self.dead_letter_topic;
         let settings = Arc::clone(&self.queue.settings);
-        move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        move |tx| {
             let now = now_ms();
             if let Some(dlq) = dead_letter_topic {
                 // A message whose last lease expired after its final attempt moves on, as
@@ -365,7 +319,6 @@ impl EmbeddedSubscription {
                 })?
                 .collect::<rusqlite::Result<Vec<LeasedRow>>>()?
             };
-            tx.commit()?;
             Ok((lease, rows))
         }
     }
@@ -424,8 +377,8 @@ impl EmbeddedAcker {
         let changed = self
             .queue
             .with_consumer(move |conn| match extra {
-                Some(v) => conn.execute(sql, params![id, lease, v]),
-                None => conn.execute(sql, params![id, lease]),
+                Some(v) => conn.prepare_cached(sql)?.execute(params![id, lease, v]),
+                None => conn.prepare_cached(sql)?.execute(params![id, lease]),
             })
             .await?;
         if changed == 0 {
@@ -469,8 +422,7 @@ impl Acker for EmbeddedAcker {
         };
         let (id, lease) = (self.id, self.lease);
         self.queue
-            .with_consumer(move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            .with_consumer(move |tx| {
                 let attributes: Option<String> = tx
                     .query_row(
                         "SELECT attributes FROM messages WHERE id = ?1 AND lease = ?2",
@@ -489,7 +441,7 @@ impl Acker for EmbeddedAcker {
                         params![id, lease, dlq, attributes, now_ms()],
                     )?;
                 }
-                tx.commit()
+                Ok(())
             })
             .await
     }
