@@ -52,10 +52,10 @@ pub struct Pipeline {
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("cannot open {path}")]
-    Warehouse {
+    Open {
         path: std::path::PathBuf,
         #[source]
-        source: rusqlite::Error,
+        source: hookline_shared::group_commit::CommitError,
     },
     #[error("cannot set up the Cloud Storage archive")]
     Gcs(#[from] GcsSetupError),
@@ -87,7 +87,7 @@ pub async fn warehouse_from_settings(
         WarehouseBackend::Sqlite => {
             let path = &settings.warehouse.sqlite.path;
             Arc::new(
-                SqliteWarehouse::open(path).map_err(|source| BuildError::Warehouse {
+                SqliteWarehouse::open(path).map_err(|source| BuildError::Open {
                     path: path.clone(),
                     source,
                 })?,
@@ -113,7 +113,7 @@ impl Pipeline {
         {
             ArchiveBackend::Local => {
                 let path = &settings.worker.ledger_path;
-                let ledger = SqliteLedger::open(path).map_err(|source| BuildError::Warehouse {
+                let ledger = SqliteLedger::open(path).map_err(|source| BuildError::Open {
                     path: path.clone(),
                     source,
                 })?;

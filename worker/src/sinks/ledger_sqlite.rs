@@ -6,13 +6,17 @@
 //! the archive (create-only) and the warehouse (unique key) absorb; for Slack it can repeat
 //! a post. Paying an fsync for each of a message's five records cost more than half the
 //! worker's throughput.
+//!
+//! Every read and write goes through one writer thread ([`GroupCommit`]): the records of all
+//! the messages in flight share a commit instead of taking a blocking thread and a commit
+//! each.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use hookline_shared::group_commit::{CommitError, GroupCommit};
 use hookline_shared::sink::{Ledger, SinkError};
 use rusqlite::{Connection, params};
 
@@ -26,15 +30,19 @@ CREATE TABLE IF NOT EXISTS ledger (
     PRIMARY KEY (source, delivery_id, step)
 );";
 
+/// Records waiting for a commit beyond this many are refused (a transient error).
+const BACKLOG: usize = 4096;
+const BATCH_MAX: usize = 512;
+
 #[derive(Debug, Clone)]
 pub struct SqliteLedger {
-    conn: Arc<Mutex<Connection>>,
+    writer: GroupCommit,
 }
 
 impl SqliteLedger {
     /// # Errors
     /// The file cannot be opened or created.
-    pub fn open(path: &Path) -> Result<Self, rusqlite::Error> {
+    pub fn open(path: &Path) -> Result<Self, CommitError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             let _ = std::fs::create_dir_all(dir);
         }
@@ -44,7 +52,7 @@ impl SqliteLedger {
         conn.pragma_update(None, "synchronous", "NORMAL")?; // see the module docs
         conn.execute_batch(SCHEMA)?;
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            writer: GroupCommit::start("ledger-writer", conn, BACKLOG, BATCH_MAX)?,
         })
     }
 
@@ -52,11 +60,10 @@ impl SqliteLedger {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, SinkError> {
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || f(&conn.lock().unwrap_or_else(|p| p.into_inner())))
+        // Every ledger failure is worth retrying: the file is ours and well-formed.
+        self.writer
+            .run(f)
             .await
-            .map_err(|e| SinkError::transient("ledger task failed", e))?
-            // Every ledger failure is worth retrying: the file is ours and well-formed.
             .map_err(|e| SinkError::transient("ledger unavailable", e))
     }
 }
@@ -92,11 +99,40 @@ impl Ledger for SqliteLedger {
             step.to_owned(),
             note.to_owned(),
         );
+        self.with(move |c| insert(c, &source, &id, &step, &note))
+            .await
+    }
+
+    /// One job instead of a record and a read: the claim and its answer commit together.
+    async fn claim(
+        &self,
+        source: &str,
+        delivery_id: &str,
+        step: &str,
+        proposed: &str,
+    ) -> Result<String, SinkError> {
+        let (source, id, step, proposed) = (
+            source.to_owned(),
+            delivery_id.to_owned(),
+            step.to_owned(),
+            proposed.to_owned(),
+        );
         self.with(move |c| {
-            c.prepare_cached("INSERT OR IGNORE INTO ledger (source, delivery_id, step, note) VALUES (?1, ?2, ?3, ?4)")?
-                .execute(params![source, id, step, note])
-                .map(drop)
+            insert(c, &source, &id, &step, &proposed)?;
+            c.prepare_cached(
+                "SELECT note FROM ledger WHERE source = ?1 AND delivery_id = ?2 AND step = ?3",
+            )?
+            .query_row(params![source, id, step], |r| r.get(0))
         })
         .await
     }
+}
+
+/// Records a step unless it is recorded already (the first record stays).
+fn insert(c: &Connection, source: &str, id: &str, step: &str, note: &str) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT OR IGNORE INTO ledger (source, delivery_id, step, note) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![source, id, step, note])
+    .map(drop)
 }

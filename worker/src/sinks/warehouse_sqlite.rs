@@ -5,14 +5,19 @@
 //! `(source, id)` is unique, so inserting a delivery twice is a no-op reported as
 //! [`Outcome::AlreadyDone`]. A busy or locked database, a full disk and I/O errors are
 //! transient; a row the table refuses (a constraint, a type) is permanent.
+//!
+//! Rows are committed with `synchronous=FULL` (the worker acks the message once its row is
+//! in), through one writer thread ([`GroupCommit`]): the rows of every message in flight
+//! share one transaction and one fsync.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
 use hookline_shared::envelope::{Envelope, format_time};
+use hookline_shared::group_commit::{CommitError, GroupCommit};
 use hookline_shared::schema;
 use hookline_shared::sink::{IndexQuery, Outcome, SinkError, StoredDelivery, Warehouse};
 use rusqlite::types::ValueRef;
@@ -30,9 +35,13 @@ pub const VIEWS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Inserts waiting for a commit beyond this many are refused (a transient error).
+const BACKLOG: usize = 4096;
+const BATCH_MAX: usize = 512;
+
 #[derive(Debug, Clone)]
 pub struct SqliteWarehouse {
-    conn: Arc<Mutex<Connection>>,
+    writer: GroupCommit,
     insert_sql: Arc<str>,
 }
 
@@ -41,7 +50,7 @@ impl SqliteWarehouse {
     ///
     /// # Errors
     /// The file cannot be opened or the schema cannot be applied.
-    pub fn open(path: &Path) -> Result<Self, rusqlite::Error> {
+    pub fn open(path: &Path) -> Result<Self, CommitError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             let _ = std::fs::create_dir_all(dir);
         }
@@ -61,13 +70,24 @@ impl SqliteWarehouse {
             placeholders.join(", ")
         );
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            writer: GroupCommit::start("warehouse-writer", conn, BACKLOG, BATCH_MAX)?,
             insert_sql: insert_sql.into(),
         })
     }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, SinkError> {
+        self.writer.run(f).await.map_err(classify)
+    }
 }
 
-fn classify(e: rusqlite::Error) -> SinkError {
+fn classify(e: CommitError) -> SinkError {
+    let e = match e {
+        CommitError::Sqlite(e) => e,
+        other => return SinkError::transient("warehouse temporarily unavailable", other),
+    };
     let transient = matches!(
         e.sqlite_error_code(),
         Some(
@@ -108,10 +128,8 @@ impl Warehouse for SqliteWarehouse {
                 other => rusqlite::types::Value::Text(other.to_string()),
             })
             .collect();
-        let conn = Arc::clone(&self.conn);
         let sql = Arc::clone(&self.insert_sql);
-        tokio::task::spawn_blocking(move || {
-            let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+        self.with(move |conn| {
             let changed = conn
                 .prepare_cached(&sql)?
                 .execute(rusqlite::params_from_iter(values))?;
@@ -122,8 +140,6 @@ impl Warehouse for SqliteWarehouse {
             })
         })
         .await
-        .map_err(|e| SinkError::transient("warehouse task failed", e))?
-        .map_err(classify)
     }
 
     fn deduplicates(&self) -> bool {
@@ -137,17 +153,13 @@ impl Warehouse for SqliteWarehouse {
         _: chrono::DateTime<Utc>,
     ) -> Result<bool, SinkError> {
         let (source, id) = (source.to_owned(), delivery_id.to_owned());
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
-            let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+        self.with(move |conn| {
             conn.prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM events WHERE source = ?1 AND id = ?2)",
             )?
             .query_row(rusqlite::params![source, id], |r| r.get(0))
         })
         .await
-        .map_err(|e| SinkError::transient("warehouse task failed", e))?
-        .map_err(classify)
     }
 
     async fn deliveries(&self, query: &IndexQuery) -> Result<Vec<StoredDelivery>, SinkError> {
@@ -170,26 +182,25 @@ impl Warehouse for SqliteWarehouse {
             query.after.as_ref().map(|(_, id)| id.clone()).into(),
             i64::try_from(query.page).unwrap_or(i64::MAX).into(),
         ];
-        let conn = Arc::clone(&self.conn);
-        let rows = tokio::task::spawn_blocking(move || {
-            let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let rows = stmt.query_map(rusqlite::params_from_iter(params), |r| {
-                (0..schema::INDEX_COLUMNS.len())
-                    .map(|i| {
-                        Ok(match r.get_ref(i)? {
-                            ValueRef::Null => None,
-                            ValueRef::Integer(n) => Some(n.to_string()),
-                            other => Some(String::from_utf8_lossy(other.as_bytes()?).into_owned()),
+        let rows = self
+            .with(move |conn| {
+                let mut stmt = conn.prepare_cached(&sql)?;
+                let rows = stmt.query_map(rusqlite::params_from_iter(params), |r| {
+                    (0..schema::INDEX_COLUMNS.len())
+                        .map(|i| {
+                            Ok(match r.get_ref(i)? {
+                                ValueRef::Null => None,
+                                ValueRef::Integer(n) => Some(n.to_string()),
+                                other => {
+                                    Some(String::from_utf8_lossy(other.as_bytes()?).into_owned())
+                                }
+                            })
                         })
-                    })
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-        })
-        .await
-        .map_err(|e| SinkError::transient("warehouse task failed", e))?
-        .map_err(classify)?;
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
         rows.iter()
             .map(|r| schema::stored_delivery(r).map_err(|m| SinkError::permanent(m, None)))
             .collect()
