@@ -64,17 +64,27 @@ impl Slack {
         let Some(event_type) = meta.event_type.as_deref() else {
             return Ok(None);
         };
+        let candidates: Vec<&NotifyRule> = self
+            .rules
+            .iter()
+            .filter(|r| {
+                r.event == event_type
+                    && r.provider.as_deref().is_none_or(|p| p == meta.provider)
+                    && r.source.as_deref().is_none_or(|s| s == meta.source)
+            })
+            .collect();
+        // Most deliveries match no rule: decide that before parsing the body, the costliest
+        // step (an 8 KB event is a tenth of the worker's time per message when parsed).
+        if candidates.is_empty() {
+            return Ok(None);
+        }
         let json: Option<serde_json::Value> = serde_json::from_slice(&envelope.body).ok();
         let action = json
             .as_ref()
             .and_then(|j| j.get("action"))
             .and_then(|a| a.as_str());
-        let matched = self.rules.iter().any(|r| {
-            r.event == event_type
-                && r.provider.as_deref().is_none_or(|p| p == meta.provider)
-                && r.source.as_deref().is_none_or(|s| s == meta.source)
-                && (r.actions.is_empty()
-                    || action.is_some_and(|a| r.actions.iter().any(|x| x == a)))
+        let matched = candidates.iter().any(|r| {
+            r.actions.is_empty() || action.is_some_and(|a| r.actions.iter().any(|x| x == a))
         });
         if !matched {
             return Ok(None);
