@@ -9,7 +9,9 @@ use anyhow::Context as _;
 use hookline_shared::config::{QueueBackend, Settings};
 use hookline_shared::queue::discard::DiscardPublisher;
 use hookline_shared::queue::embedded::EmbeddedQueue;
-use hookline_shared::queue::pubsub::{Connection, PubSubPublisher, PubSubSubscription};
+use hookline_shared::queue::pubsub::{
+    Connection, FlowControl, PubSubPublisher, PubSubSubscription,
+};
 use hookline_shared::queue::{Publisher, Subscriber};
 use hookline_worker::pipeline::archive_from_settings;
 
@@ -82,8 +84,12 @@ async fn open_side(settings: &Settings, side: Side) -> anyhow::Result<Arc<dyn Su
         Side::DeadLetters => (&p.dead_letter_subscription, 32, None),
     };
     let deadline = Duration::from_secs(u64::from(p.ack_deadline_secs));
+    let flow = FlowControl {
+        messages: outstanding,
+        bytes: settings.worker.max_in_flight_bytes,
+    };
     let subscription =
-        PubSubSubscription::open(&connection, name, outstanding, deadline, dead_letter_topic)
+        PubSubSubscription::open(&connection, name, flow, deadline, dead_letter_topic)
             .await
             .with_context(|| format!("opening the Pub/Sub subscription {name}"))?;
     Ok(Arc::new(subscription))

@@ -86,7 +86,7 @@ variable "worker_mode" {
 variable "worker_concurrency" {
   description = "Messages one worker instance processes at once (worker.concurrency; in push mode also the Cloud Run request concurrency)."
   type        = number
-  default     = 16
+  default     = 128
 }
 
 variable "worker_min_instances" {

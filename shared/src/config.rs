@@ -366,8 +366,12 @@ pub struct NotifyRule {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerSettings {
-    /// Messages processed at once (and so, at most, leased from the queue at once).
+    /// Messages processed at once (and so, at most, leased from the queue at once). High,
+    /// because a message spends most of its time waiting on disks and networks.
     pub concurrency: usize,
+    /// Bytes of message bodies processed at once: the worker's memory bound whatever the
+    /// concurrency (Pub/Sub's flow control takes the same figure).
+    pub max_in_flight_bytes: usize,
     /// How often an idle worker polls the embedded queue.
     pub poll_interval_ms: u64,
     /// In-process retries per sink before the message is handed back to the queue.
@@ -421,7 +425,8 @@ impl Default for PushSettings {
 impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
-            concurrency: 16,
+            concurrency: 128,
+            max_in_flight_bytes: 64 * 1024 * 1024,
             poll_interval_ms: 50,
             sink_retries: 3,
             sink_retry_min_ms: 100,
@@ -658,8 +663,8 @@ impl Settings {
                 "queue.embedded: ack_deadline_secs > 0 and min_backoff_ms <= max_backoff_ms",
             );
         }
-        if self.worker.concurrency == 0 {
-            return invalid("worker.concurrency must be at least 1");
+        if self.worker.concurrency == 0 || self.worker.max_in_flight_bytes == 0 {
+            return invalid("worker.concurrency and worker.max_in_flight_bytes must be at least 1");
         }
         if self.server.max_body_bytes == 0 || self.server.max_concurrent_requests == 0 {
             return invalid(

@@ -96,7 +96,7 @@ pub async fn worker(
             let pulling = hookline_worker::runner::run(
                 subscriber,
                 pipeline,
-                settings.worker.concurrency,
+                hookline_worker::runner::Limits::from(&settings.worker),
                 WORKER_DRAIN,
                 stopped(stop_rx.clone()),
             );

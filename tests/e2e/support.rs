@@ -204,7 +204,10 @@ pub async fn spawn_worker(
     let task = tokio::spawn(hookline_worker::runner::run(
         Arc::new(queue.subscriber()),
         Arc::new(pipeline),
-        4,
+        hookline_worker::runner::Limits {
+            concurrency: 4,
+            max_bytes: usize::MAX,
+        },
         Duration::from_secs(5),
         async {
             let _ = rx.await;

@@ -308,7 +308,10 @@ pub async fn spawn_worker(env: &GcpEnv, slack_url: Option<String>) -> Running<()
     let task = tokio::spawn(hookline_worker::runner::run(
         subscriber,
         Arc::new(pipeline),
-        4,
+        hookline_worker::runner::Limits {
+            concurrency: 4,
+            max_bytes: usize::MAX,
+        },
         Duration::from_secs(5),
         async {
             let _ = rx.await;

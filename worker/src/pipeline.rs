@@ -489,7 +489,7 @@ pub(crate) mod tests {
         assert_eq!(*warehouse.rows.lock().unwrap(), ["k1", "k2", "k3", "k4"]);
     }
 
-    fn pipeline(dir: &std::path::Path, warehouse: Arc<dyn Warehouse>) -> Pipeline {
+    pub(crate) fn pipeline(dir: &std::path::Path, warehouse: Arc<dyn Warehouse>) -> Pipeline {
         Pipeline {
             archive: Arc::new(LocalArchive::new(dir.join("archive"))),
             ledger: Arc::new(SqliteLedger::open(&dir.join("ledger.sqlite3")).unwrap()),

@@ -1,6 +1,10 @@
 //! The pull loop: lease up to `concurrency` messages, run each through the pipeline in its
 //! own task, settle it with the queue, repeat until shutdown.
 //!
+//! Memory is bounded by bytes as well as by count ([`Limits`]): a high concurrency is what
+//! keeps a worker busy while its sinks wait on disks and networks, and the byte budget keeps
+//! that safe when large messages arrive together.
+//!
 //! On shutdown the loop stops pulling and gives in-flight messages until the drain deadline
 //! to finish; anything still running then is stopped where it is and nacked, so the queue
 //! delivers it again at once rather than after its lease (effects are idempotent and the
@@ -9,8 +13,10 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use hookline_shared::config::WorkerSettings;
 use hookline_shared::metrics;
 use hookline_shared::queue::{DeadLetter, Delivery, Subscriber};
 use tokio::task::JoinSet;
@@ -47,21 +53,68 @@ impl Abandon {
     }
 }
 
+/// How much the pull loop holds at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Messages in flight.
+    pub concurrency: usize,
+    /// Bytes of message bodies in flight. No new message is pulled while they reach it, and
+    /// a pull asks for no more than what is left (the queue still hands over one message of
+    /// any size, so the bound is this plus one message).
+    pub max_bytes: usize,
+}
+
+impl From<&WorkerSettings> for Limits {
+    fn from(w: &WorkerSettings) -> Self {
+        Self {
+            concurrency: w.concurrency,
+            max_bytes: w.max_in_flight_bytes,
+        }
+    }
+}
+
+/// Counts a message's body in the bytes in flight until dropped (when its task ends, or is
+/// aborted).
+struct InFlightBytes {
+    total: Arc<AtomicUsize>,
+    size: usize,
+}
+
+impl InFlightBytes {
+    fn add(total: &Arc<AtomicUsize>, size: usize) -> Self {
+        total.fetch_add(size, Ordering::SeqCst);
+        Self {
+            total: Arc::clone(total),
+            size,
+        }
+    }
+}
+
+impl Drop for InFlightBytes {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.size, Ordering::SeqCst);
+    }
+}
+
 /// Runs until `shutdown` resolves, then drains for at most `drain`.
 pub async fn run(
     subscriber: Arc<dyn Subscriber>,
     pipeline: Arc<Pipeline>,
-    concurrency: usize,
+    limits: Limits,
     drain: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
     let (abandon_tx, abandon_rx) = tokio::sync::watch::channel(false);
     let mut in_flight = JoinSet::new();
+    let bytes = Arc::new(AtomicUsize::new(0));
     loop {
         while in_flight.try_join_next().is_some() {}
-        let free = concurrency.saturating_sub(in_flight.len());
-        if free == 0 {
+        let free = limits.concurrency.saturating_sub(in_flight.len());
+        let room = limits
+            .max_bytes
+            .saturating_sub(bytes.load(Ordering::SeqCst));
+        if free == 0 || room == 0 {
             tokio::select! {
                 () = &mut shutdown => break,
                 _ = in_flight.join_next() => continue,
@@ -69,16 +122,21 @@ pub async fn run(
         }
         let pulled = tokio::select! {
             () = &mut shutdown => break,
-            pulled = subscriber.pull(free, PULL_WAIT) => pulled,
+            pulled = subscriber.pull_within(free, room, PULL_WAIT) => pulled,
         };
         match pulled {
             Ok(deliveries) => {
                 for delivery in deliveries {
-                    in_flight.spawn(process(
+                    let counted = InFlightBytes::add(&bytes, delivery.body.len());
+                    let work = process(
                         Arc::clone(&pipeline),
                         delivery,
                         Abandon(Some(abandon_rx.clone())),
-                    ));
+                    );
+                    in_flight.spawn(async move {
+                        let _counted = counted;
+                        work.await;
+                    });
                 }
             }
             Err(e) => {
@@ -209,5 +267,120 @@ fn sink_label(sink: &str) -> &'static str {
         "claim_check" => "claim_check",
         "ledger" => "ledger",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use hookline_shared::queue::{Acker, QueueError};
+
+    use super::*;
+    use crate::sinks::warehouse_sqlite::SqliteWarehouse;
+
+    /// Hands out one undecodable message of the next size per pull, recording what each
+    /// pull asked for; their dead-lettering waits until `release`, so they stay in flight.
+    #[derive(Debug)]
+    struct Sized {
+        sizes: Mutex<VecDeque<usize>>,
+        pulls: Mutex<Vec<(usize, usize)>>,
+        release: tokio::sync::watch::Receiver<bool>,
+    }
+
+    #[derive(Debug)]
+    struct HeldAcker(tokio::sync::watch::Receiver<bool>);
+
+    #[async_trait]
+    impl Acker for HeldAcker {
+        async fn ack(self: Box<Self>) -> Result<(), QueueError> {
+            Ok(())
+        }
+        async fn nack(self: Box<Self>) -> Result<(), QueueError> {
+            Ok(())
+        }
+        async fn dead_letter(mut self: Box<Self>, _: DeadLetter) -> Result<(), QueueError> {
+            let _ = self.0.wait_for(|released| *released).await;
+            Ok(())
+        }
+        async fn extend(&self, _: Duration) -> Result<(), QueueError> {
+            Ok(())
+        }
+    }
+
+    #[async_trait]
+    impl Subscriber for Sized {
+        async fn pull(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
+            self.pull_within(max, usize::MAX, wait).await
+        }
+
+        async fn pull_within(
+            &self,
+            max: usize,
+            max_bytes: usize,
+            wait: Duration,
+        ) -> Result<Vec<Delivery>, QueueError> {
+            let next = self.sizes.lock().unwrap().pop_front();
+            let Some(size) = next else {
+                tokio::time::sleep(wait.min(Duration::from_millis(20))).await;
+                return Ok(Vec::new());
+            };
+            self.pulls.lock().unwrap().push((max, max_bytes));
+            Ok(vec![Delivery {
+                message_id: format!("m{size}"),
+                body: bytes::Bytes::from(vec![b'x'; size]),
+                attributes: std::collections::BTreeMap::new(),
+                attempt: 1,
+                acker: Box::new(HeldAcker(self.release.clone())),
+            }])
+        }
+    }
+
+    #[tokio::test]
+    async fn no_pull_beyond_the_byte_budget_until_bodies_are_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let warehouse = Arc::new(SqliteWarehouse::open(&dir.path().join("w.sqlite3")).unwrap());
+        let pipeline = Arc::new(crate::pipeline::tests::pipeline(dir.path(), warehouse));
+        let (release, held) = tokio::sync::watch::channel(false);
+        let subscriber = Arc::new(Sized {
+            sizes: Mutex::new(VecDeque::from([100, 100, 100, 100])),
+            pulls: Mutex::new(Vec::new()),
+            release: held,
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let limits = Limits {
+            concurrency: 10,
+            max_bytes: 250,
+        };
+        let running = tokio::spawn(run(
+            Arc::clone(&subscriber) as Arc<dyn Subscriber>,
+            pipeline,
+            limits,
+            Duration::from_secs(5),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let pulls = || subscriber.pulls.lock().unwrap().clone();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // 250 bytes of room, then 150, then 50 (a message comes whatever its size); with
+        // 300 bytes in flight the loop waits instead of pulling.
+        assert_eq!(pulls(), [(10, 250), (9, 150), (8, 50)]);
+        release.send(true).unwrap();
+        for _ in 0..100 {
+            if pulls().len() == 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            pulls()[3],
+            (10, 250),
+            "all room back once the bodies are done"
+        );
+        stop.send(()).unwrap();
+        running.await.unwrap();
     }
 }

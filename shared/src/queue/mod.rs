@@ -67,6 +67,23 @@ pub trait Subscriber: Send + Sync + fmt::Debug {
     /// The queue cannot be reached.
     async fn pull(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError>;
 
+    /// As [`Subscriber::pull`], but stops adding messages once their bodies add up to
+    /// `max_bytes`; the first message comes whatever its size, so nothing is stuck behind
+    /// a large one. The worker's memory bound. An engine whose client already bounds what it
+    /// holds (Pub/Sub's flow control, set from the same budget) keeps this default.
+    ///
+    /// # Errors
+    /// The queue cannot be reached.
+    async fn pull_within(
+        &self,
+        max: usize,
+        max_bytes: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let _ = max_bytes;
+        self.pull(max, wait).await
+    }
+
     /// Flushes pending acknowledgements before the process exits. Engines that settle
     /// synchronously (the embedded queue) have nothing to flush.
     async fn close(&self) {}

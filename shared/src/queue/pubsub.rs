@@ -7,7 +7,7 @@
 //!   its own archive step then finds the object already there.
 //! - Subscribing: the crate only offers streaming pull, so a background task feeds the
 //!   stream into a bounded channel and [`Subscriber::pull`] takes from it. Flow control is the
-//!   stream's `max_outstanding_messages` (the worker's concurrency); the crate extends leases
+//!   stream's flow control (the worker's concurrency and byte budget); the crate extends leases
 //!   by itself while a message is held, so [`Acker::extend`] has nothing to do.
 //! - Dead-lettering: Pub/Sub forwards a message by itself after the subscription's maximum
 //!   delivery attempts; a permanent failure is forwarded explicitly (published to the
@@ -309,8 +309,16 @@ impl DeadLetterTopic {
     }
 }
 
+/// What one streaming pull may hold before Pub/Sub stops sending: unacked messages, and
+/// the bytes of their bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowControl {
+    pub messages: usize,
+    pub bytes: usize,
+}
+
 impl PubSubSubscription {
-    /// Opens a streaming pull on `subscription`, holding at most `max_outstanding` messages.
+    /// Opens a streaming pull on `subscription`, holding at most what `flow` allows.
     /// With `dead_letter_topic`, permanent failures are published there.
     ///
     /// # Errors
@@ -318,7 +326,7 @@ impl PubSubSubscription {
     pub async fn open(
         connection: &Connection,
         subscription: &str,
-        max_outstanding: usize,
+        flow: FlowControl,
         ack_deadline: Duration,
         dead_letter_topic: Option<&str>,
     ) -> Result<Self, QueueError> {
@@ -332,14 +340,15 @@ impl PubSubSubscription {
         let open = move || {
             client
                 .subscribe(path.clone())
-                .set_max_outstanding_messages(i64::try_from(max_outstanding).unwrap_or(i64::MAX))
+                .set_max_outstanding_messages(i64::try_from(flow.messages).unwrap_or(i64::MAX))
+                .set_max_outstanding_bytes(i64::try_from(flow.bytes).unwrap_or(i64::MAX))
                 .set_max_lease_extension(lease)
                 .set_shutdown_behavior(ShutdownBehavior::NackImmediately)
                 .build()
         };
         let first = open();
         let shutdown = Arc::new(std::sync::Mutex::new(first.shutdown_token()));
-        let (tx, rx) = mpsc::channel(max_outstanding.max(1));
+        let (tx, rx) = mpsc::channel(flow.messages.max(1));
         let current = Arc::clone(&shutdown);
         let task = tokio::spawn(async move {
             // The crate ends a stream for good on errors such as NotFound or

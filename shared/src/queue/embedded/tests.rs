@@ -203,10 +203,16 @@ async fn concurrent_publishes_are_group_committed_and_all_stored() {
 /// made each pull cost as much as the backlog was long).
 #[test]
 fn the_next_ready_messages_come_straight_from_the_index() {
+    for query in [NEXT_READY, READY_SIZES] {
+        next_ready_plan(query);
+    }
+}
+
+fn next_ready_plan(query: &str) {
     let conn = Connection::open_in_memory().unwrap();
     conn.execute_batch(SCHEMA).unwrap();
     let mut stmt = conn
-        .prepare(&format!("EXPLAIN QUERY PLAN {NEXT_READY}"))
+        .prepare(&format!("EXPLAIN QUERY PLAN {query}"))
         .unwrap();
     let plan: Vec<String> = stmt
         .query_map(rusqlite::params![0, 0, MAIN_TOPIC, 0, 16], |r| {
@@ -223,5 +229,42 @@ fn the_next_ready_messages_come_straight_from_the_index() {
     assert!(
         !plan.iter().any(|step| step.contains("TEMP B-TREE")),
         "{plan:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_pull_leases_no_more_than_its_byte_budget_but_always_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = EmbeddedQueue::open(&settings(dir.path()), Duration::from_millis(5)).unwrap();
+    for (id, size) in [
+        ("b1", 100),
+        ("b2", 100),
+        ("b3", 100),
+        ("big", 1000),
+        ("b5", 100),
+    ] {
+        q.publish(&crate::test_support::envelope(id, &vec![b'x'; size]))
+            .await
+            .unwrap();
+    }
+    let sub = q.subscriber();
+    let ids = |got: &[Delivery]| -> Vec<String> {
+        got.iter()
+            .map(|d| d.attributes[attr::DELIVERY_ID].clone())
+            .collect()
+    };
+    let first = sub.pull_within(10, 250, WAIT).await.unwrap();
+    assert_eq!(ids(&first), ["b1", "b2"], "two 100-byte bodies fit in 250");
+    // A budget smaller than the next body still leases it: nothing waits behind a big one.
+    let second = sub.pull_within(10, 300, WAIT).await.unwrap();
+    assert_eq!(ids(&second), ["b3"]);
+    let third = sub.pull_within(10, 10, WAIT).await.unwrap();
+    assert_eq!(ids(&third), ["big"]);
+    let rest = sub.pull(10, WAIT).await.unwrap();
+    assert_eq!(ids(&rest), ["b5"]);
+    assert_eq!(
+        q.depth(MAIN_TOPIC).await.unwrap(),
+        (0, 5),
+        "all leased, none twice"
     );
 }
