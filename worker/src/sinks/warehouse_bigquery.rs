@@ -1,11 +1,14 @@
 //! The Google Cloud warehouse: BigQuery streaming inserts through `gcp-bigquery-client`.
 //!
-//! One `tabledata.insertAll` per delivery with `insertId` = `{source}:{delivery id}`
-//! (BigQuery de-duplicates on it, best-effort, for about a minute). A 200 answer can still
-//! carry `insertErrors`: those rows were refused, which is permanent. 408, 429 and 5xx,
+//! Rows are streamed with `tabledata.insertAll`, `insertId` = `{source}:{delivery id}`
+//! (BigQuery de-duplicates on it, best-effort, for about a minute); the rows of the messages
+//! in flight share requests ([`batches`]). A 200 answer can still carry `insertErrors`:
+//! those rows were refused, which is permanent. 408, 429 and 5xx,
 //! transport errors and token failures are transient; other 4xx are permanent.
 //! The table is created from the one schema file under `infra/`, partitioned by day on `ts`,
 //! and the views from `infra/sql/bigquery/` are created by `hookline provision`.
+
+mod batches;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +26,6 @@ use gcp_bigquery_client::model::query_parameter_type::QueryParameterType;
 use gcp_bigquery_client::model::query_parameter_value::QueryParameterValue;
 use gcp_bigquery_client::model::query_request::QueryRequest;
 use gcp_bigquery_client::model::table::Table;
-use gcp_bigquery_client::model::table_data_insert_all_request::TableDataInsertAllRequest;
 use gcp_bigquery_client::model::table_field_schema::TableFieldSchema;
 use gcp_bigquery_client::model::table_schema::TableSchema;
 use gcp_bigquery_client::model::time_partitioning::TimePartitioning;
@@ -56,6 +58,7 @@ pub struct BigQueryWarehouse {
     project: String,
     dataset: String,
     table: String,
+    rows: batches::RowBatches,
 }
 
 impl std::fmt::Debug for BigQueryWarehouse {
@@ -146,11 +149,21 @@ impl BigQueryWarehouse {
             }
             None => builder.build_from_application_default_credentials().await?,
         };
+        let rows = batches::RowBatches::start(
+            batches::Table {
+                client: client.clone(),
+                project: project.to_owned(),
+                dataset: settings.dataset.clone(),
+                table: settings.table.clone(),
+            },
+            batches::IN_FLIGHT,
+        );
         Ok(Self {
             client,
             project: project.to_owned(),
             dataset: settings.dataset.clone(),
             table: settings.table.clone(),
+            rows,
         })
     }
 
@@ -282,41 +295,18 @@ impl Warehouse for BigQueryWarehouse {
         let now = Utc::now();
         let mut row = schema::row(envelope, archive_object, now, usize::MAX);
         // The limit is on the encoded row: base64 and JSON escaping can grow a body by a third.
-        let encoded = serde_json::to_vec(&row)
-            .map(|v| v.len())
-            .unwrap_or(usize::MAX);
-        if encoded > MAX_ROW_BYTES {
+        let encoded_size = |row: &serde_json::Map<String, serde_json::Value>| {
+            serde_json::to_vec(row).map_or(usize::MAX, |v| v.len())
+        };
+        let mut bytes = encoded_size(&row);
+        if bytes > MAX_ROW_BYTES {
             row = schema::row(envelope, archive_object, now, 0);
+            bytes = encoded_size(&row);
         }
         let insert_id = format!("{}:{}", envelope.meta.source, envelope.meta.delivery_id);
-        let mut request = TableDataInsertAllRequest::new();
-        request
-            .add_row(Some(insert_id), row)
-            .map_err(|e| SinkError::permanent("row cannot be encoded", Some(e.into())))?;
-        let resp = self
-            .client
-            .tabledata()
-            .insert_all(&self.project, &self.dataset, &self.table, request)
+        self.rows
+            .insert(insert_id, serde_json::Value::Object(row), bytes)
             .await
-            .map_err(|e| classify("insertAll", e))?;
-        if let Some(errors) = resp.insert_errors.filter(|e| !e.is_empty()) {
-            let reasons: Vec<String> = errors
-                .iter()
-                .flat_map(|e| e.errors.iter().flatten())
-                .map(|p| {
-                    format!(
-                        "{}: {}",
-                        p.reason.as_deref().unwrap_or("?"),
-                        p.message.as_deref().unwrap_or("?")
-                    )
-                })
-                .collect();
-            return Err(SinkError::permanent(
-                format!("BigQuery refused the row ({})", reasons.join("; ")),
-                None,
-            ));
-        }
-        Ok(Outcome::Written)
     }
 
     async fn contains(
