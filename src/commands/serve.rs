@@ -34,7 +34,7 @@ pub async fn ingest(
     let addr = (settings.server.host.as_str(), settings.server.port);
     let listener =
         TcpListener::bind(addr).with_context(|| format!("binding {}:{}", addr.0, addr.1))?;
-    let state = AppState::new(sources, publisher, settings.server.clone());
+    let state = AppState::new(sources, Arc::clone(&publisher), settings.server.clone());
     tracing::info!(
         addr = %listener.local_addr()?,
         sources = ?state.sources.keys().collect::<Vec<_>>(),
@@ -43,9 +43,11 @@ pub async fn ingest(
         "ingest listening"
     );
     let workers = std::thread::available_parallelism().map_or(2, usize::from);
-    hookline_ingest::run(listener, state, workers, shutdown)
+    let served = hookline_ingest::run(listener, state, workers, shutdown)
         .await
-        .context("ingest server failed")
+        .context("ingest server failed");
+    publisher.close().await;
+    served
 }
 
 /// The worker: the pull loop (pull mode) or the push endpoint (push mode), and in both

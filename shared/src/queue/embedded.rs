@@ -30,6 +30,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::Utc;
 use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
 
 use super::{Acker, DeadLetter, Delivery, Publisher, QueueError, Subscriber, redelivery_backoff};
 use crate::config::EmbeddedQueueSettings;
@@ -45,6 +46,8 @@ pub const DEAD_LETTER_TOPIC: &str = "hookline-events-dead-letter";
 const WRITER_BACKLOG: usize = 4096;
 /// The most publishes one transaction commits.
 const GROUP_COMMIT_MAX: usize = 512;
+/// How long closing waits for other processes' readers before leaving the WAL as it is.
+const CLOSE_WAIT: Duration = Duration::from_millis(300);
 /// The consumer's writes (leases, acks, nacks) wait for at most this many others; the worker
 /// has at most its concurrency in flight, plus lease extensions.
 const CONSUMER_BACKLOG: usize = 1024;
@@ -88,8 +91,9 @@ pub struct EmbeddedQueue {
     settings: Arc<EmbeddedQueueSettings>,
     poll_interval: Duration,
     path: PathBuf,
-    /// Dropped with the last clone, which ends the checkpoint thread.
-    _stop_checkpoints: Arc<SyncSender<()>>,
+    /// Asks the checkpoint thread for a truncating checkpoint; dropped with the last clone,
+    /// which ends the thread.
+    checkpoints: Arc<SyncSender<oneshot::Sender<()>>>,
 }
 
 impl std::fmt::Debug for EmbeddedQueue {
@@ -135,7 +139,7 @@ impl EmbeddedQueue {
                 .map_err(QueueError::unavailable)?;
         }
         let checkpoint_conn = open_connection(&path).map_err(QueueError::unavailable)?;
-        let (stop_checkpoints, checkpoint_rx) = sync_channel::<()>(0);
+        let (checkpoints, checkpoint_rx) = sync_channel(1);
         std::thread::Builder::new()
             .name("queue-checkpoint".into())
             .spawn(move || checkpoint_loop(&checkpoint_conn, &checkpoint_rx))
@@ -162,7 +166,7 @@ impl EmbeddedQueue {
             settings: Arc::new(settings.clone()),
             poll_interval,
             path,
-            _stop_checkpoints: Arc::new(stop_checkpoints),
+            checkpoints: Arc::new(checkpoints),
         })
     }
 
@@ -210,6 +214,16 @@ impl EmbeddedQueue {
         Ok(id.to_string())
     }
 
+    /// Folds the WAL into the file and empties it (a truncating checkpoint), so the next
+    /// process to open the queue does not replay it first. Gives up after [`CLOSE_WAIT`] if
+    /// another process is reading (its WAL is then checkpointed as usual).
+    pub async fn close(&self) {
+        let (done, finished) = oneshot::channel();
+        if self.checkpoints.try_send(done).is_ok() {
+            let _ = tokio::time::timeout(CLOSE_WAIT * 4, finished).await;
+        }
+    }
+
     /// Messages per topic: (visible now, leased), for tests, readiness and operators.
     ///
     /// # Errors
@@ -244,12 +258,24 @@ fn queue_error(e: CommitError) -> QueueError {
 }
 
 /// Copies the WAL into the database twice a second without blocking writers or readers
-/// (a passive checkpoint), until the queue handle is dropped.
-fn checkpoint_loop(conn: &Connection, stop: &Receiver<()>) {
-    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-        stop.recv_timeout(Duration::from_millis(500))
-    {
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+/// (a passive checkpoint), until the queue handle is dropped. On request (the process is
+/// closing the queue) it copies everything and empties the WAL, waiting briefly for readers.
+fn checkpoint_loop(conn: &Connection, requests: &Receiver<oneshot::Sender<()>>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    loop {
+        let mode = match requests.recv_timeout(Duration::from_millis(500)) {
+            Err(RecvTimeoutError::Timeout) => "PASSIVE",
+            Ok(done) => {
+                let _ = conn.busy_timeout(CLOSE_WAIT);
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+                    tracing::debug!(error = %e, "queue WAL not truncated at close");
+                }
+                let _ = done.send(());
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        if let Err(e) = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())) {
             tracing::debug!(error = %e, "queue checkpoint skipped");
         }
     }
@@ -269,6 +295,10 @@ impl Publisher for EmbeddedQueue {
     async fn ready(&self) -> Result<(), QueueError> {
         self.with_consumer(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
             .await
+    }
+
+    async fn close(&self) {
+        EmbeddedQueue::close(self).await;
     }
 }
 
@@ -357,6 +387,10 @@ fn within_budget(sizes: &[i64], max_bytes: usize) -> usize {
 impl Subscriber for EmbeddedSubscription {
     async fn pull(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
         self.pull_within(max, usize::MAX, wait).await
+    }
+
+    async fn close(&self) {
+        self.queue.close().await;
     }
 
     async fn pull_within(

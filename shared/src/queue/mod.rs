@@ -55,6 +55,10 @@ pub trait Publisher: Send + Sync + fmt::Debug {
     /// # Errors
     /// The queue cannot be reached.
     async fn ready(&self) -> Result<(), QueueError>;
+
+    /// Leaves the queue tidy before the process exits (the embedded queue folds its
+    /// write-ahead log into the file, so the next process opens it without replaying it).
+    async fn close(&self) {}
 }
 
 /// Pulls leased messages from a subscription.
