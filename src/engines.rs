@@ -10,7 +10,7 @@ use hookline_shared::config::{QueueBackend, Settings};
 use hookline_shared::queue::discard::DiscardPublisher;
 use hookline_shared::queue::embedded::EmbeddedQueue;
 use hookline_shared::queue::pubsub::{
-    Connection, FlowControl, PubSubPublisher, PubSubSubscription,
+    Connection, FlowControl, NackBackoff, PubSubPublisher, PubSubSubscription,
 };
 use hookline_shared::queue::{Publisher, Subscriber};
 use hookline_worker::pipeline::archive_from_settings;
@@ -88,10 +88,21 @@ async fn open_side(settings: &Settings, side: Side) -> anyhow::Result<Arc<dyn Su
         messages: outstanding,
         bytes: settings.worker.max_in_flight_bytes,
     };
-    let subscription =
-        PubSubSubscription::open(&connection, name, flow, deadline, dead_letter_topic)
-            .await
-            .with_context(|| format!("opening the Pub/Sub subscription {name}"))?;
+    // Without a retry policy Pub/Sub redelivers a nack at once: the worker waits instead.
+    let nack_backoff = (!p.retry_policy && side == Side::Main).then(|| NackBackoff {
+        min: Duration::from_secs(u64::from(p.min_backoff_secs)),
+        max: Duration::from_secs(u64::from(p.max_backoff_secs)),
+    });
+    let subscription = PubSubSubscription::open(
+        &connection,
+        name,
+        flow,
+        deadline,
+        dead_letter_topic,
+        nack_backoff,
+    )
+    .await
+    .with_context(|| format!("opening the Pub/Sub subscription {name}"))?;
     Ok(Arc::new(subscription))
 }
 

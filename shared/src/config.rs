@@ -162,8 +162,10 @@ pub struct PubsubSettings {
     pub max_delivery_attempts: u32,
     /// Whether the subscription has a retry policy: after a nack, Pub/Sub waits between
     /// `min_backoff_secs` and `max_backoff_secs` (0 to 600 s, growing with each attempt)
-    /// before it redelivers. Without one it redelivers at once. The emulator's retry-policy
-    /// path can stop redelivering for good (see `tests/faults`), so the tests run without.
+    /// before it redelivers. Without one it redelivers at once, so the worker holds a nacked
+    /// message for that backoff itself first (or a sink down for a minute would use up the
+    /// delivery attempts in seconds). The emulator's retry-policy path can stop redelivering
+    /// for good (see `tests/faults`), so the tests run without.
     pub retry_policy: bool,
     pub min_backoff_secs: u32,
     pub max_backoff_secs: u32,

@@ -15,9 +15,11 @@
 //!   locked (`BEGIN EXCLUSIVE`).
 //! - Google Cloud engines: the Pub/Sub emulator (shared, from `scripts/emulators.sh`)
 //!   carries the queue and redelivers what the worker nacks or held when it was killed;
-//!   this test starts its own fake-gcs-server and bqemulator, file-backed: bqemulator is
+//!   this test starts its own fake-gcs-server and bqemulator: bqemulator (file-backed) is
 //!   SIGKILLed for its outage and started again on the same port and data, fake-gcs-server
-//!   is frozen (SIGSTOP, then SIGCONT; killing it tears objects in its filesystem backend).
+//!   (in memory) is frozen (SIGSTOP, then SIGCONT; killing its filesystem backend tears
+//!   objects, and that backend reads every object of the bucket for each listing, which
+//!   made a 10,000-delivery run crawl).
 //!   Two emulator bugs shape this run (see `gcp_never_loses_never_doubles_under_faults`):
 //!   the worker is not killed, because the emulator keeps pushing messages to the streams
 //!   of killed clients, and the subscription has no retry policy, because the emulator's
@@ -333,10 +335,10 @@ impl Engine {
                 std::fs::rename(&away, &root).unwrap();
             }
             Sinks::Gcp { gcs, .. } => {
-                // Frozen, not killed: fake-gcs-server's filesystem backend tears the object
-                // it is writing when killed, and then answers 404 for listings under it
-                // for ever (found by this suite). SIGSTOP: every request hangs until
-                // SIGCONT or the client's timeout.
+                // Frozen, not killed: killed, the memory backend would forget everything, and
+                // the filesystem backend tears the object it is writing and then answers 404
+                // for listings under it for ever (found by this suite). SIGSTOP: every
+                // request hangs until SIGCONT or the client's timeout.
                 gcs.signal("STOP");
                 tokio::time::sleep(phase).await;
                 gcs.signal("CONT");
@@ -777,6 +779,8 @@ dead_letter_subscription = "faults-dead-ops-{suffix}"
 ack_deadline_secs = 10
 max_delivery_attempts = 30
 retry_policy = false
+min_backoff_secs = 1
+max_backoff_secs = 5
 {sinks_toml}"#
     );
     env.push(("PUBSUB_EMULATOR_HOST".into(), pubsub));
@@ -821,15 +825,13 @@ max_backoff_ms = 5000
     run_faults(run, stack, engine, fake).await;
 }
 
-/// Starts fake-gcs-server and bqemulator, file-backed under `data`; returns them, the
+/// Starts fake-gcs-server (in memory) and bqemulator (file-backed under `data`); returns them, the
 /// configuration for them (with `[server]`, `[gcp]`, the worker and Slack), and their
 /// environment.
 async fn gcp_sinks(data: &Path) -> (Sinks, String, Vec<(String, String)>) {
     let gcs_bin = required_env("HOOKLINE_FAKE_GCS_BIN");
     let bq_bin = required_env("HOOKLINE_BQEMULATOR_BIN");
     let (gcs_port, bq_port, bq_grpc_port) = (free_port(), free_port(), free_port());
-    let gcs_root = data.join("gcs");
-    std::fs::create_dir_all(&gcs_root).unwrap();
     let mut gcs = Emulator {
         name: "fake-gcs",
         program: gcs_bin,
@@ -841,9 +843,7 @@ async fn gcp_sinks(data: &Path) -> (Sinks, String, Vec<(String, String)>) {
             "-port",
             &gcs_port.to_string(),
             "-backend",
-            "filesystem",
-            "-filesystem-root",
-            gcs_root.to_str().unwrap(),
+            "memory",
             "-public-host",
             &format!("127.0.0.1:{gcs_port}"),
             "-external-url",

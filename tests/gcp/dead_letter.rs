@@ -8,6 +8,56 @@ use hookline_shared::envelope::{Envelope, Metadata, now_millis};
 
 use crate::support::*;
 
+fn ping(delivery_id: &str) -> Envelope {
+    Envelope {
+        body: bytes::Bytes::from_static(b"{\"zen\":\"Design for failure.\"}"),
+        meta: Metadata {
+            source: "gh".into(),
+            provider: "github".into(),
+            event_type: Some("ping".into()),
+            delivery_id: delivery_id.into(),
+            received_at: now_millis(),
+            content_type: Some("application/json".into()),
+            request_id: "r-1".into(),
+            replay_count: 0,
+            extra: Default::default(),
+        },
+    }
+}
+
+#[tokio::test]
+async fn without_a_retry_policy_the_worker_holds_a_nack_for_the_backoff() {
+    let env = GcpEnv::new("min_backoff_secs = 1\nmax_backoff_secs = 2");
+    assert!(!env.settings.queue.pubsub.retry_policy);
+    env.provision();
+    let publisher = hookline::engines::open_publisher(&env.settings)
+        .await
+        .unwrap();
+    let subscriber = hookline::engines::open_subscriber(&env.settings)
+        .await
+        .unwrap();
+    publisher.publish(&ping("hold-me")).await.unwrap();
+    // Attempt 1 is held 1 s, attempt 2 for 2 s (doubling, capped at the maximum).
+    for (attempt, hold) in [(1, 1.0), (2, 2.0)] {
+        let delivery = subscriber
+            .pull(1, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .pop()
+            .expect("the message comes back");
+        assert_eq!(delivery.attempt, attempt);
+        let started = std::time::Instant::now();
+        delivery.acker.nack().await.unwrap();
+        let held = started.elapsed().as_secs_f64();
+        assert!(held >= hold * 0.95, "attempt {attempt} held {held:.2} s");
+    }
+    let third = subscriber.pull(1, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(third.first().map(|d| d.attempt), Some(3));
+    for d in third {
+        d.acker.ack().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn nacks_redeliver_with_increasing_attempts_then_dead_letter() {
     let env = GcpEnv::new("max_delivery_attempts = 5");
@@ -18,20 +68,7 @@ async fn nacks_redeliver_with_increasing_attempts_then_dead_letter() {
     let subscriber = hookline::engines::open_subscriber(&env.settings)
         .await
         .unwrap();
-    let envelope = Envelope {
-        body: bytes::Bytes::from_static(b"{\"zen\":\"Design for failure.\"}"),
-        meta: Metadata {
-            source: "gh".into(),
-            provider: "github".into(),
-            event_type: Some("ping".into()),
-            delivery_id: "nack-me".into(),
-            received_at: now_millis(),
-            content_type: Some("application/json".into()),
-            request_id: "r-1".into(),
-            replay_count: 0,
-            extra: Default::default(),
-        },
-    };
+    let envelope = ping("nack-me");
     publisher.publish(&envelope).await.unwrap();
 
     let mut attempts = Vec::new();

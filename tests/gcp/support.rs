@@ -63,11 +63,15 @@ impl GcpEnv {
         let suffix = format!("{:08x}", rand::random::<u32>());
         let dir = tempfile::tempdir().unwrap();
         // No retry policy unless a test asks for one: the emulator's retry-policy path can
-        // stop redelivering for good (tests/faults/main.rs says how).
-        let retry_policy = if pubsub_extra.contains("retry_policy") {
-            ""
-        } else {
-            "retry_policy = false"
+        // stop redelivering for good (tests/faults/main.rs says how). Without one the worker
+        // holds a nack for the backoff itself; none here, unless a test asks for one.
+        let retry_policy = match (
+            pubsub_extra.contains("retry_policy"),
+            pubsub_extra.contains("backoff"),
+        ) {
+            (true, _) => "",
+            (false, true) => "retry_policy = false",
+            (false, false) => "retry_policy = false\nmin_backoff_secs = 0",
         };
         let toml = format!(
             r#"

@@ -38,7 +38,7 @@ use google_cloud_pubsub::subscriber::ShutdownBehavior;
 use google_cloud_pubsub::subscriber::handler::Handler;
 use tokio::sync::{Mutex, mpsc};
 
-use super::{Acker, DeadLetter, Delivery, Publisher, QueueError, Subscriber};
+use super::{Acker, DeadLetter, Delivery, Publisher, QueueError, Subscriber, redelivery_backoff};
 use crate::archive_name;
 use crate::config::{PubsubSettings, Settings};
 use crate::envelope::{Envelope, attr};
@@ -265,6 +265,9 @@ type Received = google_cloud_pubsub::Result<(Message, Handler)>;
 pub struct PubSubSubscription {
     rx: Mutex<mpsc::Receiver<Received>>,
     dead_letter: Option<DeadLetterTopic>,
+    /// The backoff the worker applies itself before a nack, capped by the lease.
+    nack_backoff: Option<NackBackoff>,
+    lease: Duration,
     shutdown: Arc<std::sync::Mutex<google_cloud_pubsub::subscriber::ShutdownToken>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -309,6 +312,17 @@ impl DeadLetterTopic {
     }
 }
 
+/// How long a nacked message is held before it goes back, for a subscription without a
+/// retry policy: Pub/Sub would redeliver it at once, and a sink that fails for a minute would
+/// use up every delivery attempt in seconds and send the message to the dead-letter topic.
+/// The hold grows with the attempt as Pub/Sub's own backoff does (the crate keeps the lease
+/// alive meanwhile, up to its maximum extension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NackBackoff {
+    pub min: Duration,
+    pub max: Duration,
+}
+
 /// What one streaming pull may hold before Pub/Sub stops sending: unacked messages, and
 /// the bytes of their bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,7 +333,8 @@ pub struct FlowControl {
 
 impl PubSubSubscription {
     /// Opens a streaming pull on `subscription`, holding at most what `flow` allows.
-    /// With `dead_letter_topic`, permanent failures are published there.
+    /// With `dead_letter_topic`, permanent failures are published there; with
+    /// `nack_backoff`, nacks wait as it says.
     ///
     /// # Errors
     /// Pub/Sub is unreachable, or a topic is missing.
@@ -329,6 +344,7 @@ impl PubSubSubscription {
         flow: FlowControl,
         ack_deadline: Duration,
         dead_letter_topic: Option<&str>,
+        nack_backoff: Option<NackBackoff>,
     ) -> Result<Self, QueueError> {
         let dead_letter = match dead_letter_topic {
             Some(topic) => Some(DeadLetterTopic::open(connection, topic).await?),
@@ -380,6 +396,8 @@ impl PubSubSubscription {
         Ok(Self {
             rx: Mutex::new(rx),
             dead_letter,
+            nack_backoff,
+            lease,
             shutdown,
             task,
         })
@@ -403,6 +421,9 @@ impl PubSubSubscription {
                 body: msg.data,
                 attributes,
                 dead_letter: self.dead_letter.clone(),
+                nack_hold: self
+                    .nack_backoff
+                    .map(|b| redelivery_backoff(attempt, b.min, b.max).min(self.lease)),
             }),
         }
     }
@@ -468,6 +489,8 @@ struct PubSubAcker {
     body: Bytes,
     attributes: BTreeMap<String, String>,
     dead_letter: Option<DeadLetterTopic>,
+    /// How long to hold the message before a nack (see [`NackBackoff`]).
+    nack_hold: Option<Duration>,
 }
 
 impl std::fmt::Debug for PubSubAcker {
@@ -484,6 +507,9 @@ impl Acker for PubSubAcker {
     }
 
     async fn nack(self: Box<Self>) -> Result<(), QueueError> {
+        if let Some(hold) = self.nack_hold {
+            tokio::time::sleep(hold).await;
+        }
         self.handler.nack();
         Ok(())
     }
