@@ -1118,7 +1118,7 @@ def render(ctx: Ctx, info: dict, R: dict, failures: dict, started: float, finish
     add("## Reproduce")
     add("")
     add("```sh")
-    add("bench/run.sh                      # the whole comparison; rewrites BENCHMARKS.md (~10 min)")
+    add("bench/run.sh                      # the whole comparison; rewrites BENCHMARKS.md (~5 min)")
     add("bench/run.sh --smoke              # ~1 s per contender; writes target/bench/smoke.md")
     add("bench/run.sh --only hookline-embedded,webhook --duration 20 --reps 5")
     add("python3 bench/run.py --render-only   # rewrite this file from target/bench/results.json")
