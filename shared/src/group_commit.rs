@@ -44,6 +44,10 @@ type Finish = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
 /// could not begin), return how to answer.
 type Job = Box<dyn FnOnce(Result<&Connection, &rusqlite::Error>) -> Finish + Send>;
 
+/// What the writer thread runs before each batch, outside any transaction: upkeep that must
+/// not race with the writes (see the embedded queue's WAL restarts).
+pub type BetweenBatches = Box<dyn FnMut(&Connection) + Send>;
+
 /// A handle on the writer thread of one connection. Cheap to clone; the thread ends when the
 /// last handle is dropped.
 #[derive(Clone)]
@@ -73,12 +77,26 @@ impl GroupCommit {
         backlog: usize,
         max_batch: usize,
     ) -> Result<Self, CommitError> {
+        Self::start_with(name, conn, backlog, max_batch, Box::new(|_| {}))
+    }
+
+    /// [`GroupCommit::start`], with `between` run on the writer thread before each batch.
+    ///
+    /// # Errors
+    /// The thread cannot be spawned.
+    pub fn start_with(
+        name: &'static str,
+        conn: Connection,
+        backlog: usize,
+        max_batch: usize,
+        mut between: BetweenBatches,
+    ) -> Result<Self, CommitError> {
         let (jobs, rx) = sync_channel(backlog);
         let commits = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&commits);
         std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || writer_loop(&conn, &rx, max_batch.max(1), &counter))
+            .spawn(move || writer_loop(&conn, &rx, max_batch.max(1), &counter, &mut between))
             .map_err(|e| CommitError::Spawn(name, e))?;
         Ok(Self {
             name,
@@ -148,8 +166,15 @@ fn in_savepoint<T>(
 
 /// Takes what is waiting (at most `max_batch`), runs it in one transaction, answers, repeats
 /// until every handle is dropped.
-fn writer_loop(conn: &Connection, rx: &Receiver<Job>, max_batch: usize, commits: &AtomicU64) {
+fn writer_loop(
+    conn: &Connection,
+    rx: &Receiver<Job>,
+    max_batch: usize,
+    commits: &AtomicU64,
+    between: &mut BetweenBatches,
+) {
     while let Ok(first) = rx.recv() {
+        between(conn);
         let mut batch = vec![first];
         while batch.len() < max_batch {
             match rx.try_recv() {

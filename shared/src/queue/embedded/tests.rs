@@ -286,3 +286,37 @@ async fn closing_empties_the_write_ahead_log() {
     q.publish(&envelope("after")).await.unwrap();
     assert_eq!(q.depth(MAIN_TOPIC).await.unwrap(), (101, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_steady_publishing_the_write_ahead_log_starts_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = EmbeddedQueue::open(&settings(dir.path()), Duration::from_millis(5)).unwrap();
+    let wal = dir.path().join("q.sqlite3-wal");
+    let body = vec![b'x'; 8 * 1024];
+    // Far more than RESTART_AT_FRAMES pages, in waves of concurrent publishes, as ingest
+    // under load sends them: without restarts the WAL would hold all of it.
+    let waves: u16 = 48;
+    let per_wave: u16 = 128;
+    for wave in 0..waves {
+        let mut publishes = tokio::task::JoinSet::new();
+        for i in 0..per_wave {
+            let env = crate::test_support::envelope(&format!("w{wave}-{i}"), &body);
+            let q = q.clone();
+            publishes.spawn(async move { q.publish(&env).await });
+        }
+        while let Some(result) = publishes.join_next().await {
+            result.unwrap().unwrap();
+        }
+    }
+    let written = u64::from(waves * per_wave) * body.len() as u64;
+    let wal_size = std::fs::metadata(&wal).unwrap().len();
+    assert!(
+        wal_size < written / 2,
+        "the WAL is {wal_size} bytes after {written} bytes of bodies: it never started over"
+    );
+    // Nothing was lost on the way.
+    assert_eq!(
+        q.depth(MAIN_TOPIC).await.unwrap(),
+        (i64::from(waves * per_wave), 0)
+    );
+}
