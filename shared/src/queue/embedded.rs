@@ -270,7 +270,7 @@ const RESTART_AT_FRAMES: i64 = 4096;
 /// The publisher's writer thread copies what the checkpoint thread left before a restart,
 /// with every publish waiting, so it is asked to only once that is at most this many frames
 /// (about 0.5 MB). At 5,000 publishes/s, 512 frames (with a 100 ms interval) gave a p99 of
-/// 10-11 ms, 128 (with 20 ms) 3.6-6 ms in five runs of six.
+/// 10-11 ms, 128 (with 20 ms) 3.6-6.2 ms in five runs of six (BENCHMARKS.md).
 const RESTART_REMAINDER_FRAMES: i64 = 128;
 
 /// Keeps the WAL small without stalling publishes, until the queue handle is dropped.
