@@ -398,27 +398,40 @@ impl Warehouse for BigQueryWarehouse {
 #[cfg(test)]
 mod tests {
     use wiremock::matchers::{method, path};
-    use wiremock::{Mock, MockServer, ResponseTemplate};
+    use wiremock::{Mock, MockServer, Respond, ResponseTemplate};
 
     use super::*;
     use crate::pipeline::tests::envelope;
 
-    async fn insert_answered(status: u16, body: serde_json::Value) -> Result<Outcome, SinkError> {
+    /// A warehouse on project `p-1`, dataset `ds`, whose `insertAll` on table `events` a fake
+    /// BigQuery answers with `respond` (`expect`: how many requests it must see, if it
+    /// matters). Keep the server: dropping it checks `expect` and stops the fake.
+    pub(super) async fn fake_bigquery(
+        respond: impl Respond + 'static,
+        expect: Option<u64>,
+    ) -> (MockServer, BigQueryWarehouse) {
         let server = MockServer::start().await;
-        Mock::given(method("POST"))
+        let mock = Mock::given(method("POST"))
             .and(path(
                 "/bigquery/v2/projects/p-1/datasets/ds/tables/events/insertAll",
             ))
-            .respond_with(ResponseTemplate::new(status).set_body_json(body))
-            .expect(1)
-            .mount(&server)
-            .await;
+            .respond_with(respond);
+        match expect {
+            Some(n) => mock.expect(n).mount(&server).await,
+            None => mock.mount(&server).await,
+        }
         let settings = BigQuerySettings {
             dataset: "ds".into(),
             endpoint: Some(server.uri()),
             ..BigQuerySettings::default()
         };
         let warehouse = BigQueryWarehouse::connect("p-1", &settings).await.unwrap();
+        (server, warehouse)
+    }
+
+    async fn insert_answered(status: u16, body: serde_json::Value) -> Result<Outcome, SinkError> {
+        let (_server, warehouse) =
+            fake_bigquery(ResponseTemplate::new(status).set_body_json(body), Some(1)).await;
         warehouse.insert(&envelope("d1", "push"), "gh/o").await
     }
 

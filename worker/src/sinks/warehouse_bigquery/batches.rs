@@ -221,10 +221,8 @@ fn same_failure(e: &SinkError) -> SinkError {
 mod tests {
     use std::time::Duration;
 
-    use hookline_shared::config::BigQuerySettings;
     use serde_json::{Value, json};
-    use wiremock::matchers::{method, path};
-    use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+    use wiremock::{Request, Respond, ResponseTemplate};
 
     use super::*;
 
@@ -255,22 +253,7 @@ mod tests {
 
     #[tokio::test]
     async fn rows_that_wait_for_a_slot_share_a_request_and_get_their_own_outcome() {
-        let server = MockServer::start().await;
-        Mock::given(method("POST"))
-            .and(path(
-                "/bigquery/v2/projects/p-1/datasets/ds/tables/events/insertAll",
-            ))
-            .respond_with(RefuseBad)
-            .mount(&server)
-            .await;
-        let settings = BigQuerySettings {
-            dataset: "ds".into(),
-            endpoint: Some(server.uri()),
-            ..BigQuerySettings::default()
-        };
-        let warehouse = super::super::BigQueryWarehouse::connect("p-1", &settings)
-            .await
-            .unwrap();
+        let (server, warehouse) = super::super::tests::fake_bigquery(RefuseBad, None).await;
         let rows = RowBatches::start(
             Table {
                 client: warehouse.client.clone(),
