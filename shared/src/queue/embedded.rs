@@ -143,6 +143,7 @@ impl EmbeddedQueue {
         let (checkpoints, checkpoint_rx) = sync_channel(1);
         let restart = Arc::new(AtomicBool::new(false));
         let wanted = Arc::clone(&restart);
+        let consumer_restart = Arc::clone(&restart);
         std::thread::Builder::new()
             .name("queue-checkpoint".into())
             .spawn(move || checkpoint_loop(&checkpoint_conn, &checkpoint_rx, &wanted))
@@ -160,11 +161,12 @@ impl EmbeddedQueue {
                 restart_wal(restart),
             )
             .map_err(QueueError::unavailable)?,
-            consumer: GroupCommit::start(
+            consumer: GroupCommit::start_with(
                 "queue-consumer",
                 consumer,
                 CONSUMER_BACKLOG,
                 CONSUMER_BATCH_MAX,
+                restart_wal(consumer_restart),
             )
             .map_err(QueueError::unavailable)?,
             settings: Arc::new(settings.clone()),
@@ -267,8 +269,8 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(20);
 /// From this many frames (about 16 MB at 4 KiB pages) the WAL is started over, so that it
 /// stays about this size instead of growing with every write.
 const RESTART_AT_FRAMES: i64 = 4096;
-/// The publisher's writer thread copies what the checkpoint thread left before a restart,
-/// with every publish waiting, so it is asked to only once that is at most this many frames
+/// A writer thread copies what the checkpoint thread left before a restart, with its
+/// writes waiting, so it is asked to only once that is at most this many frames
 /// (about 0.5 MB). At 5,000 publishes/s, 512 frames (with a 100 ms interval) gave a p99 of
 /// 10-11 ms, 128 (with 20 ms) 3.6-6.2 ms in five runs of six (BENCHMARKS.md).
 const RESTART_REMAINDER_FRAMES: i64 = 128;
@@ -285,9 +287,12 @@ const RESTART_REMAINDER_FRAMES: i64 = 128;
 /// sleep in SQLite's busy handler: 30-40 ms stalls, and the restart often gave up anyway.
 ///
 /// So this thread copies passively, again at once while there is more to copy, and once the
-/// WAL is large and the remainder small it sets `restart`. The publisher's writer thread sees
-/// it before its next batch ([`GroupCommit::start_with`]) and copies the remainder itself
-/// ([`restart_wal`]), between its own transactions, so its next write starts the WAL over.
+/// WAL is large and the remainder small it sets `restart`. Whichever of this process's two
+/// writer threads (publishes; leases and settles) runs a batch next sees it first
+/// ([`GroupCommit::start_with`]) and copies the remainder itself ([`restart_wal`]), between
+/// its own transactions, so its write starts the WAL over. Both, because a worker process
+/// alone only settles and an idle ingest only publishes. This thread keeps copying while the
+/// request waits: if no batch comes, the WAL still reaches the database.
 ///
 /// On request (the process is closing the queue) it copies everything and empties the WAL
 /// (TRUNCATE), waiting briefly for readers.
@@ -316,11 +321,6 @@ fn checkpoint_loop(
             }
             Err(RecvTimeoutError::Disconnected) => return,
         }
-        if restart.load(Ordering::Relaxed) {
-            // The writer thread has not taken the last request yet (no publishes since).
-            behind = false;
-            continue;
-        }
         behind = match checkpoint(conn, "PASSIVE") {
             Ok((frames, copied)) => {
                 if frames >= RESTART_AT_FRAMES && frames - copied <= RESTART_REMAINDER_FRAMES {
@@ -338,8 +338,8 @@ fn checkpoint_loop(
     }
 }
 
-/// Run by the publisher's writer thread before each batch: when the checkpoint thread asked
-/// for it, copies the rest of the WAL, so that the batch's write starts the WAL over.
+/// Run by the queue's writer threads before each batch: when the checkpoint thread asked for
+/// it, copies the rest of the WAL, so that the batch's write starts the WAL over.
 fn restart_wal(restart: Arc<AtomicBool>) -> BetweenBatches {
     Box::new(move |conn| {
         if restart.swap(false, Ordering::Relaxed)
