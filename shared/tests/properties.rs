@@ -119,7 +119,12 @@ proptest! {
             let headers = p.sign(&secret, &body, now(), "d-1", "evt");
             let lookup: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             // The right secret at any position of a rotation list.
-            let mut secrets: Vec<SecretString> = (0..3).map(|i| SecretString::from(secret_for(&p, &[i as u8; 9]))).collect();
+            // HMAC pads short keys with zero bytes, so keys that differ only in trailing zeros
+            // are the same key: the other secrets of the list must differ from it otherwise.
+            let filler = |i: usize| [i as u8 + 1; 9];
+            let trimmed = raw_secret.iter().rposition(|b| *b != 0).map_or(&raw_secret[..0], |end| &raw_secret[..=end]);
+            prop_assume!((0..3).all(|i| trimmed != filler(i)));
+            let mut secrets: Vec<SecretString> = (0..3).map(|i| SecretString::from(secret_for(&p, &filler(i)))).collect();
             secrets[position] = SecretString::from(secret.clone());
             let verified = p.verify(&secrets, lookup.as_slice(), &body, now());
             prop_assert_eq!(verified.map(|v| v.key_index()), Ok(position), "{}", p.kind());
