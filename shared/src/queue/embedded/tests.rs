@@ -320,3 +320,59 @@ async fn under_steady_publishing_the_write_ahead_log_starts_over() {
         (i64::from(waves * per_wave), 0)
     );
 }
+
+/// A worker process alone only settles: its consumer's writer thread must start the WAL over
+/// too, or the leases and deletes of a long drain pile up in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_only_settles_starts_the_write_ahead_log_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(dir.path());
+    let wal = dir.path().join("q.sqlite3-wal");
+    let body = vec![b'x'; 8 * 1024];
+    let count: u16 = 6144;
+    {
+        // Ingest: publishes everything, then leaves an empty WAL behind it.
+        let ingest = EmbeddedQueue::open(&s, Duration::from_millis(5)).unwrap();
+        for wave in 0..count / 128 {
+            let mut publishes = tokio::task::JoinSet::new();
+            for i in 0..128 {
+                let env = crate::test_support::envelope(&format!("s{wave}-{i}"), &body);
+                let q = ingest.clone();
+                publishes.spawn(async move { q.publish(&env).await });
+            }
+            while let Some(result) = publishes.join_next().await {
+                result.unwrap().unwrap();
+            }
+        }
+        Publisher::close(&ingest).await;
+    }
+    assert_eq!(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0), 0);
+
+    // The worker: leases and acks every message, and publishes nothing.
+    let worker = EmbeddedQueue::open(&s, Duration::from_millis(5)).unwrap();
+    let sub = worker.subscriber();
+    let mut settled = 0;
+    while settled < usize::from(count) {
+        let batch = sub.pull(64, WAIT).await.unwrap();
+        assert!(
+            !batch.is_empty(),
+            "{settled} of {count} settled, then nothing to pull"
+        );
+        settled += batch.len();
+        let mut acks = tokio::task::JoinSet::new();
+        for d in batch {
+            acks.spawn(d.acker.ack());
+        }
+        while let Some(result) = acks.join_next().await {
+            result.unwrap().unwrap();
+        }
+    }
+    assert_eq!(worker.depth(MAIN_TOPIC).await.unwrap(), (0, 0));
+    // The WAL file never shrinks when it starts over, so its size is its high-water mark.
+    let written = u64::from(count) * body.len() as u64;
+    let wal_size = std::fs::metadata(&wal).unwrap().len();
+    assert!(
+        wal_size < written / 2,
+        "the WAL is {wal_size} bytes after settling {written} bytes of bodies: it never started over"
+    );
+}
