@@ -594,11 +594,21 @@ async fn run_faults(run: Run, stack: Stack, mut engine: Engine, fake: FakeSlack)
     // Everything but the poison is done (on Pub/Sub, where the backlog cannot be read,
     // seen from the sinks; the embedded queue below says when its topic is empty, which
     // also covers deliveries that used up their attempts during an outage)...
-    let settle = Instant::now() + Duration::from_secs(300);
+    // The window restarts whenever the outstanding count falls, so a large run on slow
+    // emulators (about 9 deliveries/s) is given the time it needs, while a stuck one still
+    // stops, 300 s after its last progress.
+    let window = Duration::from_secs(300);
+    let mut settle = Instant::now() + window;
+    let mut outstanding = usize::MAX;
     if engine.queue.is_none() {
         loop {
             let f = findings(&engine, &stack, &acked, &fake, false).await;
-            if (f.lost.is_empty() && f.missed_slack.is_empty()) || Instant::now() > settle {
+            let left = f.lost.len() + f.missed_slack.len();
+            if left < outstanding {
+                outstanding = left;
+                settle = Instant::now() + window;
+            }
+            if left == 0 || Instant::now() > settle {
                 break;
             }
             eprintln!(

@@ -2,9 +2,11 @@
 //! message back with a higher delivery attempt, and after the maximum it is on the
 //! dead-letter topic.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hookline_shared::envelope::{Envelope, Metadata, now_millis};
+use hookline_shared::queue::{Publisher, Subscriber};
 
 use crate::support::*;
 
@@ -25,10 +27,10 @@ fn ping(delivery_id: &str) -> Envelope {
     }
 }
 
-#[tokio::test]
-async fn without_a_retry_policy_the_worker_holds_a_nack_for_the_backoff() {
-    let env = GcpEnv::new("min_backoff_secs = 1\nmax_backoff_secs = 2");
-    assert!(!env.settings.queue.pubsub.retry_policy);
+/// A provisioned emulator project with `pubsub_extra` in its Pub/Sub settings, and the
+/// engine's own publisher and subscriber on it.
+async fn queue(pubsub_extra: &str) -> (GcpEnv, Arc<dyn Publisher>, Arc<dyn Subscriber>) {
+    let env = GcpEnv::new(pubsub_extra);
     env.provision();
     let publisher = hookline::engines::open_publisher(&env.settings)
         .await
@@ -36,6 +38,13 @@ async fn without_a_retry_policy_the_worker_holds_a_nack_for_the_backoff() {
     let subscriber = hookline::engines::open_subscriber(&env.settings)
         .await
         .unwrap();
+    (env, publisher, subscriber)
+}
+
+#[tokio::test]
+async fn without_a_retry_policy_the_worker_holds_a_nack_for_the_backoff() {
+    let (env, publisher, subscriber) = queue("min_backoff_secs = 1\nmax_backoff_secs = 2").await;
+    assert!(!env.settings.queue.pubsub.retry_policy);
     publisher.publish(&ping("hold-me")).await.unwrap();
     // Attempt 1 is held 1 s, attempt 2 for 2 s (doubling, capped at the maximum).
     for (attempt, hold) in [(1, 1.0), (2, 2.0)] {
@@ -60,14 +69,7 @@ async fn without_a_retry_policy_the_worker_holds_a_nack_for_the_backoff() {
 
 #[tokio::test]
 async fn nacks_redeliver_with_increasing_attempts_then_dead_letter() {
-    let env = GcpEnv::new("max_delivery_attempts = 5");
-    env.provision();
-    let publisher = hookline::engines::open_publisher(&env.settings)
-        .await
-        .unwrap();
-    let subscriber = hookline::engines::open_subscriber(&env.settings)
-        .await
-        .unwrap();
+    let (env, publisher, subscriber) = queue("max_delivery_attempts = 5").await;
     let envelope = ping("nack-me");
     publisher.publish(&envelope).await.unwrap();
 
