@@ -56,6 +56,11 @@ use http::free_port;
 const BIN: &str = env!("CARGO_BIN_EXE_hookline");
 const SECRET: &str = "faults-secret";
 const PROJECT: &str = "hookline-test";
+/// How long a run may go without progress (fewer deliveries outstanding, or fewer messages in
+/// the embedded queue) before it fails. Waiting on progress rather than for a fixed time
+/// gives a large run on slow emulators (a few deliveries/s at the end of a 10,000-delivery
+/// run) the time it needs, while a stuck run still stops.
+const NO_PROGRESS: Duration = Duration::from_secs(300);
 
 /// The two runs share the machine's two cores: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -417,7 +422,7 @@ impl Engine {
     /// on Pub/Sub, one ack deadline passes, so a lease a killed worker held has come back.
     async fn quiesce(&self) -> bool {
         match &self.queue {
-            Some(queue) => queue_empty(queue, Duration::from_secs(180)).await,
+            Some(queue) => queue_empty(queue).await,
             None => {
                 // The longest a message can stay away: a lease (10 s). Without a retry
                 // policy a nacked or expired message is delivered again at once.
@@ -594,11 +599,7 @@ async fn run_faults(run: Run, stack: Stack, mut engine: Engine, fake: FakeSlack)
     // Everything but the poison is done (on Pub/Sub, where the backlog cannot be read,
     // seen from the sinks; the embedded queue below says when its topic is empty, which
     // also covers deliveries that used up their attempts during an outage)...
-    // The window restarts whenever the outstanding count falls, so a large run on slow
-    // emulators (about 9 deliveries/s) is given the time it needs, while a stuck one still
-    // stops, 300 s after its last progress.
-    let window = Duration::from_secs(300);
-    let mut settle = Instant::now() + window;
+    let mut settle = Instant::now() + NO_PROGRESS;
     let mut outstanding = usize::MAX;
     if engine.queue.is_none() {
         loop {
@@ -606,7 +607,7 @@ async fn run_faults(run: Run, stack: Stack, mut engine: Engine, fake: FakeSlack)
             let left = f.lost.len() + f.missed_slack.len();
             if left < outstanding {
                 outstanding = left;
-                settle = Instant::now() + window;
+                settle = Instant::now() + NO_PROGRESS;
             }
             if left == 0 || Instant::now() > settle {
                 break;
@@ -1020,13 +1021,29 @@ fn archived(root: &Path) -> BTreeMap<String, u32> {
     count_by_id(names.into_iter())
 }
 
-async fn queue_empty(queue: &EmbeddedQueue, within: Duration) -> bool {
-    let until = Instant::now() + within;
-    while Instant::now() < until {
-        if queue.depth(MAIN_TOPIC).await.unwrap() == (0, 0) {
+/// Waits until the main topic of `queue` is empty; false after [`NO_PROGRESS`] without its
+/// backlog falling.
+async fn queue_empty(queue: &EmbeddedQueue) -> bool {
+    let mut lowest = i64::MAX;
+    let mut deadline = Instant::now() + NO_PROGRESS;
+    let mut reported = Instant::now();
+    loop {
+        let (visible, leased) = queue.depth(MAIN_TOPIC).await.unwrap();
+        let left = visible + leased;
+        if left == 0 {
             return true;
+        }
+        if left < lowest {
+            lowest = left;
+            deadline = Instant::now() + NO_PROGRESS;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        if reported.elapsed() >= Duration::from_secs(5) {
+            eprintln!("draining: {left} messages in the queue");
+            reported = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    false
 }
