@@ -599,17 +599,12 @@ async fn run_faults(run: Run, stack: Stack, mut engine: Engine, fake: FakeSlack)
     // Everything but the poison is done (on Pub/Sub, where the backlog cannot be read,
     // seen from the sinks; the embedded queue below says when its topic is empty, which
     // also covers deliveries that used up their attempts during an outage)...
-    let mut settle = Instant::now() + NO_PROGRESS;
-    let mut outstanding = usize::MAX;
+    let mut progress = Progress::new();
     if engine.queue.is_none() {
         loop {
             let f = findings(&engine, &stack, &acked, &fake, false).await;
             let left = f.lost.len() + f.missed_slack.len();
-            if left < outstanding {
-                outstanding = left;
-                settle = Instant::now() + NO_PROGRESS;
-            }
-            if left == 0 || Instant::now() > settle {
+            if left == 0 || !progress.advancing(left) {
                 break;
             }
             eprintln!(
@@ -1021,23 +1016,43 @@ fn archived(root: &Path) -> BTreeMap<String, u32> {
     count_by_id(names.into_iter())
 }
 
+/// The lowest count of outstanding work seen so far, and when a run that has not lowered it
+/// since counts as stuck.
+struct Progress {
+    lowest: usize,
+    deadline: Instant,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            lowest: usize::MAX,
+            deadline: Instant::now() + NO_PROGRESS,
+        }
+    }
+
+    /// Records `left`; false once [`NO_PROGRESS`] has passed since it last fell.
+    fn advancing(&mut self, left: usize) -> bool {
+        if left < self.lowest {
+            self.lowest = left;
+            self.deadline = Instant::now() + NO_PROGRESS;
+        }
+        Instant::now() <= self.deadline
+    }
+}
+
 /// Waits until the main topic of `queue` is empty; false after [`NO_PROGRESS`] without its
 /// backlog falling.
 async fn queue_empty(queue: &EmbeddedQueue) -> bool {
-    let mut lowest = i64::MAX;
-    let mut deadline = Instant::now() + NO_PROGRESS;
+    let mut progress = Progress::new();
     let mut reported = Instant::now();
     loop {
         let (visible, leased) = queue.depth(MAIN_TOPIC).await.unwrap();
-        let left = visible + leased;
+        let left = usize::try_from(visible + leased).unwrap();
         if left == 0 {
             return true;
         }
-        if left < lowest {
-            lowest = left;
-            deadline = Instant::now() + NO_PROGRESS;
-        }
-        if Instant::now() > deadline {
+        if !progress.advancing(left) {
             return false;
         }
         if reported.elapsed() >= Duration::from_secs(5) {
