@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Shows the two Pub/Sub emulator bugs that shape the Google Cloud fault run (tests/faults).
+"""Shows three Pub/Sub emulator bugs met by the Google Cloud fault run (tests/faults).
 
     source target/emulators/env    # or any PUBSUB_EMULATOR_HOST
     target/bench/venv/bin/python scripts/pubsub-emulator-bugs.py
@@ -17,6 +17,10 @@ Neither is hookline's; real Pub/Sub has neither. Both were read from the emulato
    followed by an ack of the same id), the timer that drains the queue throws a
    NullPointerException and is never scheduled again: no message of that subscription nacked
    on its second attempt or later is ever delivered again.
+3. Flow control is ignored. A streaming pull that allows 5 outstanding messages is sent the
+   whole backlog. hookline copes (its subscription leases everything it is sent, see
+   shared/src/queue/pubsub.rs); a client that leaves the surplus unread sees it expire and
+   come back, attempt after attempt, toward the dead-letter topic.
 """
 import os
 import signal
@@ -134,10 +138,32 @@ def delay_queue_dies() -> bool:
     return healthy_before and not healthy_after
 
 
+def flow_control_ignored() -> bool:
+    topic, path = fresh(retry_policy=False)
+    pub.publish(topic=topic, messages=[{"data": str(i).encode()} for i in range(50)])
+    got = 0
+
+    def reqs():
+        yield StreamingPullRequest(
+            subscription=path, stream_ack_deadline_seconds=10, max_outstanding_messages=5
+        )
+        time.sleep(5)
+
+    try:
+        for resp in sub.streaming_pull(requests=reqs(), timeout=5):
+            got += len(resp.received_messages)
+    except Exception:  # the stream's own deadline ends it
+        pass
+    print(f"3. a stream allowing 5 outstanding messages, none acked, was sent {got} of 50")
+    return got > 5
+
+
 if __name__ == "__main__":
     if not os.environ.get("PUBSUB_EMULATOR_HOST"):
         sys.exit("PUBSUB_EMULATOR_HOST is not set (source target/emulators/env)")
     one = killed_streams_live_on()
     two = delay_queue_dies()
+    three = flow_control_ignored()
     print(f"bug 1 (streams of killed clients live on): {'present' if one else 'absent'}")
     print(f"bug 2 (the retry-policy delay queue dies): {'present' if two else 'absent'}")
+    print(f"bug 3 (streaming pull's flow control is ignored): {'present' if three else 'absent'}")

@@ -113,3 +113,50 @@ async fn nacks_redeliver_with_increasing_attempts_then_dead_letter() {
     );
     subscriber.close().await;
 }
+
+/// The emulator ignores streaming pull's flow control and sends a whole backlog at once. The
+/// subscription must lease every message it is sent, not only those the worker has taken:
+/// a message left unread runs out its deadline and comes back, one attempt closer to the
+/// dead-letter topic, though nobody failed it. Real Pub/Sub sends no more than the flow
+/// control allows, so there this holds nothing extra.
+#[tokio::test]
+async fn a_backlog_beyond_the_flow_control_is_leased_not_redelivered() {
+    const BACKLOG: usize = 40;
+    let mut env = GcpEnv::new("ack_deadline_secs = 10");
+    env.provision();
+    env.settings.worker.concurrency = 4;
+    let publisher = hookline::engines::open_publisher(&env.settings)
+        .await
+        .unwrap();
+    let subscriber = hookline::engines::open_subscriber(&env.settings)
+        .await
+        .unwrap();
+    // One at a time, so that they arrive on the stream one response each (a response read
+    // at all is leased whole).
+    for i in 0..BACKLOG {
+        publisher
+            .publish(&ping(&format!("backlog-{i}")))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The worker is busy for two ack deadlines and takes nothing meanwhile.
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let mut seen = Vec::new();
+    while let Ok(batch) = subscriber.pull(BACKLOG, Duration::from_secs(3)).await {
+        if batch.is_empty() {
+            break;
+        }
+        for delivery in batch {
+            seen.push((
+                delivery.envelope().unwrap().meta.delivery_id,
+                delivery.attempt,
+            ));
+            delivery.acker.ack().await.unwrap();
+        }
+    }
+    seen.sort();
+    let mut expected: Vec<_> = (0..BACKLOG).map(|i| (format!("backlog-{i}"), 1)).collect();
+    expected.sort();
+    assert_eq!(seen, expected, "each message once, on its first attempt");
+}
