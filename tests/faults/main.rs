@@ -30,7 +30,8 @@
 //! `HOOKLINE_FAULTS_PHASE_SECS` per storage/warehouse fault and `HOOKLINE_FAULTS_SLACK_SECS`
 //! per Slack phase (default 2 each). The full runs: `scripts/faults.sh` (10,000 deliveries,
 //! 15 s outages, 30 s Slack phases) and `scripts/faults.sh gcp`. To diagnose a run:
-//! `HOOKLINE_FAULTS_KEEP=1` keeps its directory (services' logs, data), and
+//! `HOOKLINE_FAULTS_KEEP=1` keeps its directory (services' logs, data; a failed run keeps it
+//! anyway and prints where), and
 //! `HOOKLINE_FAULTS_LOG=info` logs every message settled.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -61,6 +62,11 @@ const PROJECT: &str = "hookline-test";
 /// gives a large run on slow emulators (a few deliveries/s at the end of a 10,000-delivery
 /// run) the time it needs, while a stuck run still stops.
 const NO_PROGRESS: Duration = Duration::from_secs(300);
+/// Replays of the dead-letter side before a run fails.
+const REPLAY_ROUNDS: u32 = 20;
+/// After a replay, how long the Slack posts still missing may stay as many before the
+/// dead-letter side is replayed again.
+const REPLAY_STALL: Duration = Duration::from_secs(60);
 
 /// The two runs share the machine's two cores: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -132,8 +138,8 @@ impl Respond for FakeSlack {
 
 /// Where the services' processes come from and what they are told.
 struct Stack {
-    /// Logs and data; kept after the run when `HOOKLINE_FAULTS_KEEP` is set.
-    _dir: Option<tempfile::TempDir>,
+    /// Logs and data; kept after the run when `HOOKLINE_FAULTS_KEEP` is set or the run fails.
+    dir: Option<tempfile::TempDir>,
     path: PathBuf,
     config: PathBuf,
     settings: Settings,
@@ -149,7 +155,7 @@ impl Stack {
         let settings = Settings::from_parts(toml, env.clone()).unwrap();
         Self {
             path: dir.path().to_path_buf(),
-            _dir: if std::env::var_os("HOOKLINE_FAULTS_KEEP").is_some() {
+            dir: if std::env::var_os("HOOKLINE_FAULTS_KEEP").is_some() {
                 let _ = dir.keep();
                 None
             } else {
@@ -210,6 +216,17 @@ impl Stack {
             .find_map(|w| w.strip_prefix("replayed="))
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
+    }
+}
+
+impl Drop for Stack {
+    /// A failed run keeps its logs: the failure message names the directory.
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(dir) = self.dir.take()
+        {
+            eprintln!("logs kept in {}", dir.keep().display());
+        }
     }
 }
 
@@ -634,23 +651,46 @@ async fn run_faults(run: Run, stack: Stack, mut engine: Engine, fake: FakeSlack)
     // delivery has been posted.
     fake.refuse_poison.store(false, Ordering::SeqCst);
     let mut replayed = 0;
-    for round in 0..20 {
+    let mut quiet = true;
+    for round in 0..REPLAY_ROUNDS {
         replayed += stack.replay(round);
-        let posted = http::wait_for(Duration::from_secs(10), async || {
-            findings(&engine, &stack, &acked, &fake, true)
+        // What was replayed goes through before the next replay: replaying again while the
+        // first copies still wait in the queue would only add copies of the same deliveries.
+        let mut progress = Progress::within(REPLAY_STALL);
+        loop {
+            let missed = findings(&engine, &stack, &acked, &fake, true)
                 .await
                 .missed_slack
-                .is_empty()
-        })
-        .await;
-        if posted {
+                .len();
+            if missed == 0 || !progress.advancing(missed) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        quiet = engine.quiesce().await;
+        let missed = findings(&engine, &stack, &acked, &fake, true)
+            .await
+            .missed_slack
+            .len();
+        // On the embedded queue the dead-letter side must be empty too (on Pub/Sub it
+        // cannot be counted): a delivery dead-lettered again is replayed again.
+        let dead = match &engine.queue {
+            Some(queue) => queue.depth(DEAD_LETTER_TOPIC).await.unwrap(),
+            None => (0, 0),
+        };
+        eprintln!("replay round {round}: {missed} not yet posted, {dead:?} dead letters left");
+        if missed == 0 && dead == (0, 0) {
             break;
         }
     }
-    let quiet = engine.quiesce().await;
     if let Some(queue) = &engine.queue {
         let dead_left = queue.depth(DEAD_LETTER_TOPIC).await.unwrap();
-        assert_eq!(dead_left, (0, 0), "every dead letter was replayed");
+        assert_eq!(
+            dead_left,
+            (0, 0),
+            "every dead letter was replayed (logs in {})",
+            stack.path.display()
+        );
     }
 
     if let Some(w) = worker.lock().unwrap().take() {
@@ -1020,22 +1060,29 @@ fn archived(root: &Path) -> BTreeMap<String, u32> {
 /// since counts as stuck.
 struct Progress {
     lowest: usize,
+    window: Duration,
     deadline: Instant,
 }
 
 impl Progress {
     fn new() -> Self {
+        Self::within(NO_PROGRESS)
+    }
+
+    /// Stuck once `window` passes without the count falling.
+    fn within(window: Duration) -> Self {
         Self {
             lowest: usize::MAX,
-            deadline: Instant::now() + NO_PROGRESS,
+            window,
+            deadline: Instant::now() + window,
         }
     }
 
-    /// Records `left`; false once [`NO_PROGRESS`] has passed since it last fell.
+    /// Records `left`; false once the window has passed since it last fell.
     fn advancing(&mut self, left: usize) -> bool {
         if left < self.lowest {
             self.lowest = left;
-            self.deadline = Instant::now() + NO_PROGRESS;
+            self.deadline = Instant::now() + self.window;
         }
         Instant::now() <= self.deadline
     }
