@@ -30,7 +30,11 @@ fn ping(delivery_id: &str) -> Envelope {
 /// A provisioned emulator project with `pubsub_extra` in its Pub/Sub settings, and the
 /// engine's own publisher and subscriber on it.
 async fn queue(pubsub_extra: &str) -> (GcpEnv, Arc<dyn Publisher>, Arc<dyn Subscriber>) {
-    let env = GcpEnv::new(pubsub_extra);
+    open(GcpEnv::new(pubsub_extra)).await
+}
+
+/// `env` provisioned, and the engine's own publisher and subscriber on it.
+async fn open(env: GcpEnv) -> (GcpEnv, Arc<dyn Publisher>, Arc<dyn Subscriber>) {
     env.provision();
     let publisher = hookline::engines::open_publisher(&env.settings)
         .await
@@ -123,14 +127,8 @@ async fn nacks_redeliver_with_increasing_attempts_then_dead_letter() {
 async fn a_backlog_beyond_the_flow_control_is_leased_not_redelivered() {
     const BACKLOG: usize = 40;
     let mut env = GcpEnv::new("ack_deadline_secs = 10");
-    env.provision();
     env.settings.worker.concurrency = 4;
-    let publisher = hookline::engines::open_publisher(&env.settings)
-        .await
-        .unwrap();
-    let subscriber = hookline::engines::open_subscriber(&env.settings)
-        .await
-        .unwrap();
+    let (_env, publisher, subscriber) = open(env).await;
     // One at a time, so that they arrive on the stream one response each (a response read
     // at all is leased whole).
     for i in 0..BACKLOG {
@@ -143,7 +141,11 @@ async fn a_backlog_beyond_the_flow_control_is_leased_not_redelivered() {
     // The worker is busy for two ack deadlines and takes nothing meanwhile.
     tokio::time::sleep(Duration::from_secs(25)).await;
     let mut seen = Vec::new();
-    while let Ok(batch) = subscriber.pull(BACKLOG, Duration::from_secs(3)).await {
+    loop {
+        let batch = subscriber
+            .pull(BACKLOG, Duration::from_secs(3))
+            .await
+            .unwrap();
         if batch.is_empty() {
             break;
         }
@@ -159,4 +161,5 @@ async fn a_backlog_beyond_the_flow_control_is_leased_not_redelivered() {
     let mut expected: Vec<_> = (0..BACKLOG).map(|i| (format!("backlog-{i}"), 1)).collect();
     expected.sort();
     assert_eq!(seen, expected, "each message once, on its first attempt");
+    subscriber.close().await;
 }
