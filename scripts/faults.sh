@@ -3,8 +3,9 @@
 # Prints one summary line (sent, acked, lost, duplicates, dead-lettered, replayed) and fails
 # if anything was lost or any archive object or warehouse row was duplicated.
 # `gcp` runs on the Google emulators (started here if they are not running): Pub/Sub with
-# every fault but worker kills, then the embedded queue with worker kills; the test
-# command runs both small (300 and 200 deliveries, 2 s faults).
+# every fault but worker kills (COUNT deliveries), Pub/Sub with worker kills too (100: the
+# emulator's dead streams, README), then the embedded queue with worker kills (COUNT); the
+# test command runs them small (200, 100 and 200 deliveries, 2 s faults).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 engine="${1:-embedded}"
