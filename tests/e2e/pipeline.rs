@@ -278,3 +278,42 @@ async fn a_provider_resend_of_the_same_delivery_has_no_second_effect() {
     ingest.stop().await;
     slack.verify().await; // one Slack post
 }
+
+/// A sink slower than the queue's ack deadline: the worker keeps extending its lease, so
+/// the message is never delivered to a second worker beside the first, and Slack is posted
+/// once. (With a fixed 10 s cadence the 1 s lease ran out, the second copy found Slack's
+/// intent recorded and posted again.)
+#[tokio::test]
+async fn a_sink_slower_than_the_ack_deadline_keeps_its_lease() {
+    let mut env = TestEnv::new();
+    env.settings.queue.embedded.ack_deadline_secs = 1;
+    let slack = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string("ok")
+                .set_delay(Duration::from_secs(3)),
+        )
+        .expect(1)
+        .mount(&slack)
+        .await;
+    let queue = env.queue();
+    let ingest = spawn_ingest(&env, Arc::new(queue.clone())).await;
+    let worker = spawn_worker(&env, &queue, Some(format!("{}/hook", slack.uri()))).await;
+
+    let body = ISSUES_OPENED.as_bytes();
+    let headers = github_headers(GITHUB_SECRET, body, "issues", "slow-slack-1");
+    let (status, json, _) =
+        post(&format!("{}/hooks/gh", ingest.url), &headers, body.to_vec()).await;
+    assert_eq!(status, 200, "{json}");
+    assert!(
+        wait_for(WAIT, async || env.queue_depth().await == (0, 0)).await,
+        "message was not acknowledged"
+    );
+    // A second copy started at the first lease's end would still be waiting on Slack.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    worker.stop().await;
+    ingest.stop().await;
+    slack.verify().await;
+}

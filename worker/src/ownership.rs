@@ -21,8 +21,8 @@
 //!   that took over at the same moment goes back to the queue instead of running alongside.
 //!
 //! The one overlap left: a message whose lease extensions fail is redelivered while its
-//! first worker still runs, and the redelivery takes over beside it. The runner extends
-//! leases every 10 s by 60 s to keep that from happening.
+//! first worker still runs, and the redelivery takes over beside it. The runner extends a
+//! lease every third of its ack deadline, by a whole one, to keep that from happening.
 
 use std::collections::BTreeMap;
 

@@ -26,10 +26,23 @@ use crate::pipeline::{Disposition, Pipeline};
 
 /// How long one pull waits for messages before looking at the shutdown signal again.
 const PULL_WAIT: Duration = Duration::from_secs(1);
-/// While a message is processed its lease is pushed out every 10 s by 60 s: well inside the
-/// smallest ack deadline (10 s is Pub/Sub's minimum), whatever the configured one.
+/// While a message is processed, a queue that leaves it to the consumer (the embedded one)
+/// has its lease pushed out by a whole ack deadline every third of one, so two extensions
+/// can be late before the message is delivered to a second worker; a killed worker's
+/// messages still come back one deadline later. The fault suite, with a 5 s deadline and
+/// sinks slowed to seconds per delivery, found the old fixed 10 s cadence too slow: leases
+/// ran out mid-work, the message went to a second worker beside the first, and Slack was
+/// posted two to six times. Queues that give no lease get the old cadence.
 const LEASE_EXTEND_EVERY: Duration = Duration::from_secs(10);
 const LEASE_EXTEND_BY: Duration = Duration::from_secs(60);
+
+/// How often to extend a lease, and by how much.
+fn keepalive(lease: Option<Duration>) -> (Duration, Duration) {
+    match lease {
+        Some(lease) => ((lease / 3).max(Duration::from_millis(100)), lease),
+        None => (LEASE_EXTEND_EVERY, LEASE_EXTEND_BY),
+    }
+}
 /// After the drain deadline, how long the abandoned messages get to send their nacks.
 const NACK_GRACE: Duration = Duration::from_secs(1);
 
@@ -210,7 +223,8 @@ pub async fn process(pipeline: Arc<Pipeline>, delivery: Delivery, mut abandon: A
             tokio::pin!(work);
             // Keep the lease while sinks are slow, so a second worker never starts on a
             // message this one is still processing (Pub/Sub's client does this by itself).
-            let mut keepalive = tokio::time::interval(LEASE_EXTEND_EVERY);
+            let (every, by) = keepalive(delivery.acker.lease());
+            let mut keepalive = tokio::time::interval(every);
             keepalive.tick().await;
             loop {
                 tokio::select! {
@@ -220,7 +234,7 @@ pub async fn process(pipeline: Arc<Pipeline>, delivery: Delivery, mut abandon: A
                         reason: "the worker is shutting down".into(),
                     },
                     _ = keepalive.tick() => {
-                        if let Err(e) = delivery.acker.extend(LEASE_EXTEND_BY).await {
+                        if let Err(e) = delivery.acker.extend(by).await {
                             tracing::warn!(error = %e, "could not extend the lease");
                         }
                     }

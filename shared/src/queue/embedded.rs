@@ -595,6 +595,10 @@ impl Acker for EmbeddedAcker {
             .await
     }
 
+    fn lease(&self) -> Option<Duration> {
+        Some(Duration::from_secs(self.queue.settings.ack_deadline_secs))
+    }
+
     async fn extend(&self, by: Duration) -> Result<(), QueueError> {
         let visible_at = now_ms() + i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
         self.settle(

@@ -105,6 +105,12 @@ pub trait Acker: Send + Sync + fmt::Debug {
     async fn dead_letter(self: Box<Self>, reason: DeadLetter) -> Result<(), QueueError>;
     /// Pushes the ack deadline out by `by` from now, while work is still under way.
     async fn extend(&self, by: Duration) -> Result<(), QueueError>;
+    /// How long the queue holds the message for this consumer (its ack deadline), when the
+    /// consumer must [`extend`](Acker::extend) it itself; `None` when something else keeps
+    /// it alive or no deadline applies.
+    fn lease(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// Why a message is dead-lettered. Travels as attributes so operators can filter on it.
