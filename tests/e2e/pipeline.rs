@@ -14,6 +14,25 @@ use crate::support::*;
 
 const WAIT: Duration = Duration::from_secs(15);
 
+/// A fake Slack that gives every post `answer` and expects `posts` of them (checked by
+/// `verify`), and `env`'s ingest and worker on one embedded queue, posting to it.
+async fn with_slack(
+    env: &TestEnv,
+    answer: ResponseTemplate,
+    posts: u64,
+) -> (MockServer, Ingest, Worker) {
+    let slack = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(answer)
+        .expect(posts)
+        .mount(&slack)
+        .await;
+    let queue = env.queue();
+    let ingest = spawn_ingest(env, Arc::new(queue.clone())).await;
+    let worker = spawn_worker(env, &queue, Some(format!("{}/hook", slack.uri()))).await;
+    (slack, ingest, worker)
+}
+
 #[tokio::test]
 async fn signed_issue_reaches_archive_warehouse_and_slack_once() {
     let env = TestEnv::new();
@@ -113,15 +132,7 @@ async fn signed_issue_reaches_archive_warehouse_and_slack_once() {
 #[tokio::test]
 async fn bad_signature_is_refused_and_reaches_nothing() {
     let env = TestEnv::new();
-    let slack = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .expect(0)
-        .mount(&slack)
-        .await;
-    let queue = env.queue();
-    let ingest = spawn_ingest(&env, Arc::new(queue.clone())).await;
-    let worker = spawn_worker(&env, &queue, Some(format!("{}/hook", slack.uri()))).await;
+    let (slack, ingest, worker) = with_slack(&env, ResponseTemplate::new(200), 0).await;
 
     let body = ISSUES_OPENED.as_bytes();
     let url = format!("{}/hooks/gh", ingest.url);
@@ -253,15 +264,8 @@ async fn a_redelivered_message_produces_no_second_row_or_object() {
 #[tokio::test]
 async fn a_provider_resend_of_the_same_delivery_has_no_second_effect() {
     let env = TestEnv::new();
-    let slack = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_string("ok"))
-        .expect(1)
-        .mount(&slack)
-        .await;
-    let queue = env.queue();
-    let ingest = spawn_ingest(&env, Arc::new(queue.clone())).await;
-    let worker = spawn_worker(&env, &queue, Some(format!("{}/hook", slack.uri()))).await;
+    let ok = ResponseTemplate::new(200).set_body_string("ok");
+    let (slack, ingest, worker) = with_slack(&env, ok, 1).await;
     let body = ISSUES_OPENED.as_bytes();
     let url = format!("{}/hooks/gh", ingest.url);
     // GitHub's "Redeliver": the same X-GitHub-Delivery, a new request a while later, so a
@@ -287,19 +291,10 @@ async fn a_provider_resend_of_the_same_delivery_has_no_second_effect() {
 async fn a_sink_slower_than_the_ack_deadline_keeps_its_lease() {
     let mut env = TestEnv::new();
     env.settings.queue.embedded.ack_deadline_secs = 1;
-    let slack = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_string("ok")
-                .set_delay(Duration::from_secs(3)),
-        )
-        .expect(1)
-        .mount(&slack)
-        .await;
-    let queue = env.queue();
-    let ingest = spawn_ingest(&env, Arc::new(queue.clone())).await;
-    let worker = spawn_worker(&env, &queue, Some(format!("{}/hook", slack.uri()))).await;
+    let slow = ResponseTemplate::new(200)
+        .set_body_string("ok")
+        .set_delay(Duration::from_secs(3));
+    let (slack, ingest, worker) = with_slack(&env, slow, 1).await;
 
     let body = ISSUES_OPENED.as_bytes();
     let headers = github_headers(GITHUB_SECRET, body, "issues", "slow-slack-1");

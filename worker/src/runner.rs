@@ -43,6 +43,7 @@ fn keepalive(lease: Option<Duration>) -> (Duration, Duration) {
         None => (LEASE_EXTEND_EVERY, LEASE_EXTEND_BY),
     }
 }
+
 /// After the drain deadline, how long the abandoned messages get to send their nacks.
 const NACK_GRACE: Duration = Duration::from_secs(1);
 
