@@ -37,7 +37,7 @@ const LEASE_EXTEND_EVERY: Duration = Duration::from_secs(10);
 const LEASE_EXTEND_BY: Duration = Duration::from_secs(60);
 
 /// How often to extend a lease, and by how much.
-fn keepalive(lease: Option<Duration>) -> (Duration, Duration) {
+fn lease_cadence(lease: Option<Duration>) -> (Duration, Duration) {
     match lease {
         Some(lease) => ((lease / 3).max(Duration::from_millis(100)), lease),
         None => (LEASE_EXTEND_EVERY, LEASE_EXTEND_BY),
@@ -224,7 +224,7 @@ pub async fn process(pipeline: Arc<Pipeline>, delivery: Delivery, mut abandon: A
             tokio::pin!(work);
             // Keep the lease while sinks are slow, so a second worker never starts on a
             // message this one is still processing (Pub/Sub's client does this by itself).
-            let (every, by) = keepalive(delivery.acker.lease());
+            let (every, by) = lease_cadence(delivery.acker.lease());
             let mut keepalive = tokio::time::interval(every);
             keepalive.tick().await;
             loop {
