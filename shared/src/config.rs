@@ -209,6 +209,10 @@ pub struct EmbeddedQueueSettings {
     /// like a Pub/Sub retry policy.
     pub min_backoff_ms: u64,
     pub max_backoff_ms: u64,
+    /// Message bodies are appended to segment files beside the queue file
+    /// (`<path>-bodies/`); a publisher starts a new one from this size, and a segment is
+    /// deleted once every message in it is settled.
+    pub segment_bytes: u64,
 }
 
 impl Default for EmbeddedQueueSettings {
@@ -219,6 +223,7 @@ impl Default for EmbeddedQueueSettings {
             max_delivery_attempts: 5,
             min_backoff_ms: 1_000,
             max_backoff_ms: 60_000,
+            segment_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -665,6 +670,9 @@ impl Settings {
                 "queue.embedded: ack_deadline_secs > 0 and min_backoff_ms <= max_backoff_ms",
             );
         }
+        if q.segment_bytes == 0 {
+            return invalid("queue.embedded.segment_bytes must be at least 1");
+        }
         if self.worker.concurrency == 0 || self.worker.max_in_flight_bytes == 0 {
             return invalid("worker.concurrency and worker.max_in_flight_bytes must be at least 1");
         }
@@ -919,6 +927,9 @@ mod tests {
             Settings::from_parts("", attempts),
             Err(ConfigError::Invalid(_))
         ));
+        let no_segment = "[queue.embedded]\nsegment_bytes = 0";
+        let err = Settings::from_parts(no_segment, []).unwrap_err();
+        assert!(err.to_string().contains("segment_bytes"), "{err}");
         let empty = "[sources.s]\nprovider = \"github\"\nsecrets = [\"\"]";
         let err = Settings::from_parts(empty, [])
             .unwrap()

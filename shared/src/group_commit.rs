@@ -44,9 +44,26 @@ type Finish = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
 /// could not begin), return how to answer.
 type Job = Box<dyn FnOnce(Result<&Connection, &rusqlite::Error>) -> Finish + Send>;
 
-/// What the writer thread runs before each batch, outside any transaction: upkeep that must
-/// not race with the writes (see the embedded queue's WAL restarts).
-pub type BetweenBatches = Box<dyn FnMut(&Connection) + Send>;
+/// What a writer thread does around each batch besides its jobs (see the embedded queue: WAL
+/// restarts before a batch, its bodies made durable before the commit).
+pub trait Upkeep: Send + 'static {
+    /// Runs before each batch, outside any transaction: upkeep that must not race with the
+    /// writes.
+    fn before_batch(&mut self, _conn: &Connection) {}
+
+    /// Runs after the batch's jobs, before its commit: what the commit must not get ahead
+    /// of. An error rolls the batch back and fails each of its jobs with it.
+    ///
+    /// # Errors
+    /// Whatever the upkeep could not do.
+    fn before_commit(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// No upkeep.
+struct Nothing;
+impl Upkeep for Nothing {}
 
 /// A handle on the writer thread of one connection. Cheap to clone; the thread ends when the
 /// last handle is dropped.
@@ -77,10 +94,10 @@ impl GroupCommit {
         backlog: usize,
         max_batch: usize,
     ) -> Result<Self, CommitError> {
-        Self::start_with(name, conn, backlog, max_batch, Box::new(|_| {}))
+        Self::start_with(name, conn, backlog, max_batch, Nothing)
     }
 
-    /// [`GroupCommit::start`], with `between` run on the writer thread before each batch.
+    /// [`GroupCommit::start`], with `upkeep` run on the writer thread around each batch.
     ///
     /// # Errors
     /// The thread cannot be spawned.
@@ -89,14 +106,14 @@ impl GroupCommit {
         conn: Connection,
         backlog: usize,
         max_batch: usize,
-        mut between: BetweenBatches,
+        mut upkeep: impl Upkeep,
     ) -> Result<Self, CommitError> {
         let (jobs, rx) = sync_channel(backlog);
         let commits = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&commits);
         std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || writer_loop(&conn, &rx, max_batch.max(1), &counter, &mut between))
+            .spawn(move || writer_loop(&conn, &rx, max_batch.max(1), &counter, &mut upkeep))
             .map_err(|e| CommitError::Spawn(name, e))?;
         Ok(Self {
             name,
@@ -171,10 +188,10 @@ fn writer_loop(
     rx: &Receiver<Job>,
     max_batch: usize,
     commits: &AtomicU64,
-    between: &mut BetweenBatches,
+    upkeep: &mut impl Upkeep,
 ) {
     while let Ok(first) = rx.recv() {
-        between(conn);
+        upkeep.before_batch(conn);
         let mut batch = vec![first];
         while batch.len() < max_batch {
             match rx.try_recv() {
@@ -200,9 +217,18 @@ fn writer_loop(
                 Some("the transaction was rolled back by a failed write".into()),
             ))
         } else {
-            conn.execute_batch("COMMIT").inspect_err(|_| {
-                let _ = conn.execute_batch("ROLLBACK");
-            })
+            upkeep
+                .before_commit()
+                .map_err(|e| {
+                    rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+                        Some(format!("not committed: {e}")),
+                    )
+                })
+                .and_then(|()| conn.execute_batch("COMMIT"))
+                .inspect_err(|_| {
+                    let _ = conn.execute_batch("ROLLBACK");
+                })
         };
         if outcome.is_ok() {
             commits.fetch_add(1, Ordering::Relaxed);
@@ -344,6 +370,35 @@ mod tests {
         // The writer carries on.
         w.run(insert("c")).await.unwrap();
         assert_eq!(keys(&w).await, ["c"]);
+    }
+
+    /// Fails every commit while its flag is set, as a body segment that cannot be written.
+    struct Refuse(Arc<std::sync::atomic::AtomicBool>);
+
+    impl Upkeep for Refuse {
+        fn before_commit(&mut self) -> std::io::Result<()> {
+            if self.0.load(Ordering::Relaxed) {
+                Err(std::io::Error::other("disk gone"))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upkeep_failure_before_the_commit_fails_and_undoes_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("t.sqlite3")).unwrap();
+        conn.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL);")
+            .unwrap();
+        let refuse = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let w =
+            GroupCommit::start_with("refusing-writer", conn, 8, 8, Refuse(refuse.clone())).unwrap();
+        let failed = w.run(insert("a")).await.unwrap_err();
+        assert!(failed.to_string().contains("disk gone"), "{failed}");
+        refuse.store(false, Ordering::Relaxed);
+        w.run(insert("b")).await.unwrap();
+        assert_eq!(keys(&w).await, ["b"]);
     }
 
     #[tokio::test]

@@ -4,6 +4,8 @@
 //! before ingest answers 200. Publishes go through one writer thread that commits everything
 //! waiting in one transaction ([`crate::group_commit`]): under load many requests share one
 //! fsync, when idle a request pays for exactly one.
+//! The bodies themselves go to append-only segment files beside the queue file ([`bodies`]),
+//! fsync'd before the commit of the rows that point at them.
 //!
 //! Settling is committed with `synchronous=NORMAL` on the consumer's connection, through a
 //! writer thread of its own, so the acks of many messages share a commit too: a lease,
@@ -22,9 +24,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -36,7 +38,10 @@ use tokio::sync::oneshot;
 use super::{Acker, DeadLetter, Delivery, Publisher, QueueError, Subscriber, redelivery_backoff};
 use crate::config::EmbeddedQueueSettings;
 use crate::envelope::Envelope;
-use crate::group_commit::{BetweenBatches, CommitError, GroupCommit};
+use crate::group_commit::{CommitError, GroupCommit, Upkeep};
+
+mod bodies;
+use bodies::{BodyReader, BodyRef, BodyWriter};
 
 /// Topic names inside the file; the same names the Pub/Sub engine uses by default.
 pub const MAIN_TOPIC: &str = "hookline-events";
@@ -54,18 +59,28 @@ const CLOSE_WAIT: Duration = Duration::from_millis(300);
 const CONSUMER_BACKLOG: usize = 1024;
 const CONSUMER_BATCH_MAX: usize = 256;
 
-const SCHEMA: &str = "
+const TABLE: &str = "
 CREATE TABLE IF NOT EXISTS messages (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
     topic        TEXT    NOT NULL,
-    body         BLOB    NOT NULL,
+    body         BLOB    NOT NULL,  -- empty when the body is in a segment (below)
     attributes   TEXT    NOT NULL,  -- JSON object of string attributes
     published_at INTEGER NOT NULL,  -- unix milliseconds
     visible_at   INTEGER NOT NULL,  -- unix milliseconds; leased until then
     attempts     INTEGER NOT NULL DEFAULT 0,
-    lease        INTEGER            -- token of the current lease, NULL when not leased
-);
+    lease        INTEGER,           -- token of the current lease, NULL when not leased
+    segment      TEXT,              -- the body's segment file (bodies.rs); NULL: in `body`
+    body_at      INTEGER,           -- its offset in the segment
+    body_len     INTEGER            -- its length
+);";
+
+/// The columns queue files from before the body segments lack, added on open.
+const SEGMENT_COLUMNS: [&str; 3] = ["segment TEXT", "body_at INTEGER", "body_len INTEGER"];
+
+const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (topic, visible_at, id);
+-- Which segments are still in use, for collecting the others.
+CREATE INDEX IF NOT EXISTS messages_segment ON messages (segment) WHERE segment IS NOT NULL;
 -- Finds the few messages out of attempts without reading any other row: `attempts` is
 -- stored after the body, so checking it row by row would read every ready body.
 CREATE INDEX IF NOT EXISTS messages_exhausted ON messages (topic, attempts, visible_at);
@@ -79,7 +94,8 @@ const NEXT_READY: &str = "SELECT id FROM messages WHERE topic = ?3 AND visible_a
                           ORDER BY visible_at, id LIMIT ?5";
 /// The body sizes of the same messages, in the same order, to lease no more than a byte
 /// budget. `length` of a blob reads the record header, not the body.
-const READY_SIZES: &str = "SELECT length(body) FROM messages WHERE topic = ?3 AND visible_at <= ?4
+const READY_SIZES: &str =
+    "SELECT COALESCE(body_len, length(body)) FROM messages WHERE topic = ?3 AND visible_at <= ?4
                            ORDER BY visible_at, id LIMIT ?5";
 
 /// A handle on the queue file. Cheap to clone; every clone shares the writer threads.
@@ -95,6 +111,10 @@ pub struct EmbeddedQueue {
     /// Asks the checkpoint thread for a truncating checkpoint; dropped with the last clone,
     /// which ends the thread.
     checkpoints: Arc<SyncSender<oneshot::Sender<()>>>,
+    /// Where the bodies are ([`bodies`]).
+    bodies: Arc<Path>,
+    /// This handle's segment; appended to only on the publisher's writer thread.
+    body_writer: Arc<Mutex<BodyWriter>>,
 }
 
 impl std::fmt::Debug for EmbeddedQueue {
@@ -110,8 +130,38 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.execute_batch(SCHEMA)?;
+    create_schema(&conn)?;
     Ok(conn)
+}
+
+/// Creates the table and indexes, adding the segment columns to a queue file written before
+/// them (its rows keep their bodies inline and are read as before).
+fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(TABLE)?;
+    let missing = |conn: &Connection| {
+        conn.query_row(
+            "SELECT count(*) = 0 FROM pragma_table_info('messages') WHERE name = 'segment'",
+            [],
+            |r| r.get::<_, bool>(0),
+        )
+    };
+    if missing(conn)? {
+        // Checked again under the write lock: another process may be adding them too.
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let added = (|| {
+            if missing(conn)? {
+                for column in SEGMENT_COLUMNS {
+                    conn.execute_batch(&format!("ALTER TABLE messages ADD COLUMN {column}"))?;
+                }
+            }
+            conn.execute_batch("COMMIT")
+        })();
+        if added.is_err() && !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        added?;
+    }
+    conn.execute_batch(INDEXES)
 }
 
 fn now_ms() -> i64 {
@@ -143,10 +193,15 @@ impl EmbeddedQueue {
         let (checkpoints, checkpoint_rx) = sync_channel(1);
         let restart = Arc::new(AtomicBool::new(false));
         let wanted = Arc::clone(&restart);
-        let consumer_restart = Arc::clone(&restart);
+        let bodies: Arc<Path> = bodies::folder(&path).into();
+        let body_writer = Arc::new(Mutex::new(BodyWriter::new(
+            bodies.to_path_buf(),
+            settings.segment_bytes,
+        )));
+        let collected = Arc::clone(&bodies);
         std::thread::Builder::new()
             .name("queue-checkpoint".into())
-            .spawn(move || checkpoint_loop(&checkpoint_conn, &checkpoint_rx, &wanted))
+            .spawn(move || checkpoint_loop(&checkpoint_conn, &checkpoint_rx, &wanted, &collected))
             .map_err(QueueError::unavailable)?;
         // Settling (leases, acks, nacks, dead-letter moves) is not fsync'd: see the module docs.
         consumer
@@ -158,7 +213,10 @@ impl EmbeddedQueue {
                 writer_conn,
                 WRITER_BACKLOG,
                 GROUP_COMMIT_MAX,
-                restart_wal(restart),
+                WriterUpkeep {
+                    restart: Arc::clone(&restart),
+                    bodies: Some(Arc::clone(&body_writer)),
+                },
             )
             .map_err(QueueError::unavailable)?,
             consumer: GroupCommit::start_with(
@@ -166,13 +224,18 @@ impl EmbeddedQueue {
                 consumer,
                 CONSUMER_BACKLOG,
                 CONSUMER_BATCH_MAX,
-                restart_wal(consumer_restart),
+                WriterUpkeep {
+                    restart,
+                    bodies: None,
+                },
             )
             .map_err(QueueError::unavailable)?,
             settings: Arc::new(settings.clone()),
             poll_interval,
             path,
             checkpoints: Arc::new(checkpoints),
+            bodies,
+            body_writer,
         })
     }
 
@@ -194,10 +257,12 @@ impl EmbeddedQueue {
         }
     }
 
-    /// Publishes to a named topic and waits for the fsync'd commit.
+    /// Publishes to a named topic and waits for the fsync'd commit (of the body's segment,
+    /// then of its row).
     ///
     /// # Errors
-    /// The writer's backlog is full, the writer is gone, or the commit failed.
+    /// The writer's backlog is full, the writer is gone, the body could not be written, or
+    /// the commit failed.
     pub async fn publish_to(
         &self,
         topic: &'static str,
@@ -205,14 +270,29 @@ impl EmbeddedQueue {
         attributes: &BTreeMap<String, String>,
     ) -> Result<String, QueueError> {
         let attributes = serde_json::to_string(attributes).map_err(QueueError::unavailable)?;
+        let writer = Arc::clone(&self.body_writer);
         let id = self
             .publisher
             .run(move |conn| {
+                let at = writer
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .append(&body)
+                    .map_err(|e| io_failure("cannot start a body segment", &e))?;
                 conn.prepare_cached(
-                    "INSERT INTO messages (topic, body, attributes, published_at, visible_at)
-                     VALUES (?1, ?2, ?3, ?4, ?4)",
+                    "INSERT INTO messages
+                       (topic, body, attributes, published_at, visible_at, segment, body_at,
+                        body_len)
+                     VALUES (?1, X'', ?2, ?3, ?3, ?4, ?5, ?6)",
                 )?
-                .execute(params![topic, &body[..], attributes, now_ms()])?;
+                .execute(params![
+                    topic,
+                    attributes,
+                    now_ms(),
+                    &*at.segment,
+                    at.offset,
+                    at.len
+                ])?;
                 Ok(conn.last_insert_rowid())
             })
             .await
@@ -253,6 +333,14 @@ impl EmbeddedQueue {
     {
         self.consumer.run(f).await.map_err(queue_error)
     }
+}
+
+/// An I/O failure on a writer thread, as the SQLite error its job fails with.
+fn io_failure(what: &str, e: &std::io::Error) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+        Some(format!("{what}: {e}")),
+    )
 }
 
 fn queue_error(e: CommitError) -> QueueError {
@@ -296,14 +384,26 @@ const RESTART_REMAINDER_FRAMES: i64 = 128;
 ///
 /// On request (the process is closing the queue) it copies everything and empties the WAL
 /// (TRUNCATE), waiting briefly for readers.
+///
+/// Every [`COLLECT_INTERVAL`] it also deletes the body segments nobody needs any more.
 fn checkpoint_loop(
     conn: &Connection,
     requests: &Receiver<oneshot::Sender<()>>,
     restart: &AtomicBool,
+    bodies: &Path,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
     let mut behind = false;
+    let mut collected = std::time::Instant::now();
     loop {
+        if collected.elapsed() >= COLLECT_INTERVAL {
+            collected = std::time::Instant::now();
+            match bodies::collect(conn, bodies) {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(deleted = n, "body segments collected"),
+                Err(e) => tracing::warn!(error = %e, "body segments not collected"),
+            }
+        }
         let wait = if behind {
             Duration::ZERO
         } else {
@@ -338,16 +438,39 @@ fn checkpoint_loop(
     }
 }
 
-/// Run by the queue's writer threads before each batch: when the checkpoint thread asked for
-/// it, copies the rest of the WAL, so that the batch's write starts the WAL over.
-fn restart_wal(restart: Arc<AtomicBool>) -> BetweenBatches {
-    Box::new(move |conn| {
-        if restart.swap(false, Ordering::Relaxed)
+/// How often the checkpoint thread looks for body segments to delete.
+const COLLECT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What the queue's writer threads do around their batches.
+struct WriterUpkeep {
+    /// Set by the checkpoint thread: copy the rest of the WAL before the next batch, so that
+    /// the batch's write starts the WAL over.
+    restart: Arc<AtomicBool>,
+    /// The publisher's bodies, made durable before the commit of their rows.
+    bodies: Option<Arc<Mutex<BodyWriter>>>,
+}
+
+impl Upkeep for WriterUpkeep {
+    fn before_batch(&mut self, conn: &Connection) {
+        if self.restart.swap(false, Ordering::Relaxed)
             && let Err(e) = checkpoint(conn, "PASSIVE")
         {
             tracing::debug!(error = %e, "queue WAL not restarted");
         }
-    })
+    }
+
+    fn before_commit(&mut self) -> std::io::Result<()> {
+        match &self.bodies {
+            Some(bodies) => bodies
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .sync()
+                .map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("message bodies not written: {e}"))
+                }),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Runs a checkpoint in `mode`; returns the WAL's frames and how many of them are now in the
@@ -389,6 +512,71 @@ pub struct EmbeddedSubscription {
 
 type LeasedRow = (i64, Vec<u8>, String, u32);
 
+/// A leased row as stored: its body inline, or where it is in a segment.
+struct StoredRow {
+    id: i64,
+    inline: Vec<u8>,
+    attributes: String,
+    attempts: u32,
+    at: Option<BodyRef>,
+}
+
+impl StoredRow {
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        let segment: Option<String> = r.get(4)?;
+        Ok(Self {
+            id: r.get(0)?,
+            inline: r.get(1)?,
+            attributes: r.get(2)?,
+            attempts: r.get(3)?,
+            at: match segment {
+                Some(segment) => Some(BodyRef {
+                    segment: segment.into(),
+                    offset: r.get(5)?,
+                    len: r.get(6)?,
+                }),
+                None => None,
+            },
+        })
+    }
+}
+
+/// A message whose body cannot be read (its segment was deleted or cut short by hand, or
+/// the disk failed) is not delivered: on the main topic it moves to the dead-letter topic
+/// with the error, where operators see it; on the dead-letter topic it stays leased until
+/// its deadline, and is tried again then.
+fn unreadable(
+    tx: &Connection,
+    row: &StoredRow,
+    error: &std::io::Error,
+    dead_letter_topic: Option<&'static str>,
+) -> rusqlite::Result<()> {
+    tracing::error!(
+        message_id = row.id,
+        segment = row.at.as_ref().map(|at| &*at.segment),
+        error = %error,
+        "message body unreadable"
+    );
+    let Some(dlq) = dead_letter_topic else {
+        return Ok(());
+    };
+    let mut attributes: BTreeMap<String, String> =
+        serde_json::from_str(&row.attributes).unwrap_or_default();
+    DeadLetter {
+        sink: "queue".into(),
+        reason: format!("body unreadable: {error}"),
+        attempts: row.attempts,
+    }
+    .annotate(&mut attributes);
+    let attributes = serde_json::to_string(&attributes).unwrap_or_else(|_| row.attributes.clone());
+    tx.execute(
+        "UPDATE messages SET topic = ?2, attributes = ?3, attempts = 0, visible_at = ?4,
+           lease = NULL WHERE id = ?1",
+        params![row.id, dlq, attributes, now_ms()],
+    )?;
+    Ok(())
+}
+
 impl EmbeddedSubscription {
     fn lease(
         &self,
@@ -398,6 +586,7 @@ impl EmbeddedSubscription {
         let topic = self.topic;
         let dead_letter_topic = self.dead_letter_topic;
         let settings = Arc::clone(&self.queue.settings);
+        let bodies = Arc::clone(&self.queue.bodies);
         move |tx| {
             let now = now_ms();
             if let Some(dlq) = dead_letter_topic {
@@ -435,14 +624,24 @@ impl EmbeddedSubscription {
                 let mut stmt = tx.prepare_cached(&format!(
                     "UPDATE messages SET attempts = attempts + 1, visible_at = ?1, lease = ?2
                      WHERE id IN ({NEXT_READY})
-                     RETURNING id, body, attributes, attempts"
+                     RETURNING id, body, attributes, attempts, segment, body_at, body_len"
                 ))?;
-                stmt.query_map(params![deadline, lease, topic, now, max as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                })?
-                .collect::<rusqlite::Result<Vec<LeasedRow>>>()?
+                stmt.query_map(
+                    params![deadline, lease, topic, now, max as i64],
+                    StoredRow::from_row,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?
             };
-            Ok((lease, rows))
+            let mut reader = BodyReader::new(&bodies);
+            let mut leased = Vec::with_capacity(rows.len());
+            for row in rows {
+                match row.at.as_ref().map(|at| reader.read(at)) {
+                    None => leased.push((row.id, row.inline, row.attributes, row.attempts)),
+                    Some(Ok(body)) => leased.push((row.id, body, row.attributes, row.attempts)),
+                    Some(Err(e)) => unreadable(tx, &row, &e, dead_letter_topic)?,
+                }
+            }
+            Ok((lease, leased))
         }
     }
 }

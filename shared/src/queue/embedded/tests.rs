@@ -13,6 +13,7 @@ fn settings(dir: &Path) -> EmbeddedQueueSettings {
         max_delivery_attempts: 5,
         min_backoff_ms: 10,
         max_backoff_ms: 20,
+        segment_bytes: 64 * 1024 * 1024,
     }
 }
 
@@ -21,6 +22,20 @@ fn envelope(id: &str) -> Envelope {
 }
 
 const WAIT: Duration = Duration::from_secs(3);
+
+/// Bytes of attributes per message in the WAL tests.
+const PADDING: usize = 8 * 1024;
+
+/// Publishes a message whose row is as large as an 8 KB body used to make it: bodies go to
+/// segments now, so only attributes make rows (and WAL frames) large.
+async fn publish_padded(q: EmbeddedQueue, id: String) -> Result<String, QueueError> {
+    let attributes = BTreeMap::from([
+        ("delivery_id".to_owned(), id),
+        ("padding".to_owned(), "x".repeat(PADDING)),
+    ]);
+    q.publish_to(MAIN_TOPIC, Bytes::from_static(b"{}"), &attributes)
+        .await
+}
 
 #[tokio::test]
 async fn publish_pull_ack_round_trip_keeps_body_and_attributes() {
@@ -210,7 +225,7 @@ fn the_next_ready_messages_come_straight_from_the_index() {
 
 fn next_ready_plan(query: &str) {
     let conn = Connection::open_in_memory().unwrap();
-    conn.execute_batch(SCHEMA).unwrap();
+    create_schema(&conn).unwrap();
     let mut stmt = conn
         .prepare(&format!("EXPLAIN QUERY PLAN {query}"))
         .unwrap();
@@ -292,7 +307,6 @@ async fn under_steady_publishing_the_write_ahead_log_starts_over() {
     let dir = tempfile::tempdir().unwrap();
     let q = EmbeddedQueue::open(&settings(dir.path()), Duration::from_millis(5)).unwrap();
     let wal = dir.path().join("q.sqlite3-wal");
-    let body = vec![b'x'; 8 * 1024];
     // Far more than RESTART_AT_FRAMES pages, in waves of concurrent publishes, as ingest
     // under load sends them: without restarts the WAL would hold all of it.
     let waves: u16 = 48;
@@ -300,19 +314,17 @@ async fn under_steady_publishing_the_write_ahead_log_starts_over() {
     for wave in 0..waves {
         let mut publishes = tokio::task::JoinSet::new();
         for i in 0..per_wave {
-            let env = crate::test_support::envelope(&format!("w{wave}-{i}"), &body);
-            let q = q.clone();
-            publishes.spawn(async move { q.publish(&env).await });
+            publishes.spawn(publish_padded(q.clone(), format!("w{wave}-{i}")));
         }
         while let Some(result) = publishes.join_next().await {
             result.unwrap().unwrap();
         }
     }
-    let written = u64::from(waves * per_wave) * body.len() as u64;
+    let written = u64::from(waves * per_wave) * PADDING as u64;
     let wal_size = std::fs::metadata(&wal).unwrap().len();
     assert!(
         wal_size < written / 2,
-        "the WAL is {wal_size} bytes after {written} bytes of bodies: it never started over"
+        "the WAL is {wal_size} bytes after {written} bytes of rows: it never started over"
     );
     // Nothing was lost on the way.
     assert_eq!(
@@ -328,7 +340,6 @@ async fn a_process_that_only_settles_starts_the_write_ahead_log_over() {
     let dir = tempfile::tempdir().unwrap();
     let s = settings(dir.path());
     let wal = dir.path().join("q.sqlite3-wal");
-    let body = vec![b'x'; 8 * 1024];
     let count: u16 = 6144;
     {
         // Ingest: publishes everything, then leaves an empty WAL behind it.
@@ -336,9 +347,7 @@ async fn a_process_that_only_settles_starts_the_write_ahead_log_over() {
         for wave in 0..count / 128 {
             let mut publishes = tokio::task::JoinSet::new();
             for i in 0..128 {
-                let env = crate::test_support::envelope(&format!("s{wave}-{i}"), &body);
-                let q = ingest.clone();
-                publishes.spawn(async move { q.publish(&env).await });
+                publishes.spawn(publish_padded(ingest.clone(), format!("s{wave}-{i}")));
             }
             while let Some(result) = publishes.join_next().await {
                 result.unwrap().unwrap();
@@ -369,10 +378,179 @@ async fn a_process_that_only_settles_starts_the_write_ahead_log_over() {
     }
     assert_eq!(worker.depth(MAIN_TOPIC).await.unwrap(), (0, 0));
     // The WAL file never shrinks when it starts over, so its size is its high-water mark.
-    let written = u64::from(count) * body.len() as u64;
+    let written = u64::from(count) * PADDING as u64;
     let wal_size = std::fs::metadata(&wal).unwrap().len();
     assert!(
         wal_size < written / 2,
-        "the WAL is {wal_size} bytes after settling {written} bytes of bodies: it never started over"
+        "the WAL is {wal_size} bytes after settling {written} bytes of rows: it never started over"
     );
+}
+
+/// The body segments in the queue's folder.
+fn segments(s: &EmbeddedQueueSettings) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(bodies::folder(&s.path)) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".seg"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Waits (up to three collection intervals) for the checkpoint thread to leave `want`.
+async fn segments_become(s: &EmbeddedQueueSettings, want: usize) -> Vec<String> {
+    let give_up = tokio::time::Instant::now() + COLLECT_INTERVAL * 3;
+    loop {
+        let now = segments(s);
+        if now.len() == want || tokio::time::Instant::now() >= give_up {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A queue where every publish fills its segment, so each (sequential) publish starts one.
+fn segment_per_publish(dir: &Path) -> (EmbeddedQueueSettings, EmbeddedQueue) {
+    let s = EmbeddedQueueSettings {
+        segment_bytes: 1,
+        ..settings(dir)
+    };
+    let q = EmbeddedQueue::open(&s, Duration::from_millis(5)).unwrap();
+    (s, q)
+}
+
+#[tokio::test]
+async fn bodies_are_written_to_segments_which_are_deleted_once_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, q) = segment_per_publish(dir.path());
+    let sent: Vec<Envelope> = (0..3).map(|i| envelope(&format!("b{i}"))).collect();
+    for e in &sent {
+        q.publish(e).await.unwrap();
+    }
+    assert_eq!(segments(&s).len(), 3);
+    // The rows hold where the bodies are, not the bodies.
+    let rows: Vec<(i64, Option<String>, i64)> = Connection::open(&s.path)
+        .unwrap()
+        .prepare("SELECT length(body), segment, body_len FROM messages ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    for ((inline, segment, len), e) in rows.iter().zip(&sent) {
+        assert_eq!(*inline, 0);
+        assert!(segments(&s).contains(&format!("{}.seg", segment.as_ref().unwrap())));
+        assert_eq!(*len, e.body.len() as i64);
+    }
+
+    let got = q.subscriber().pull(10, WAIT).await.unwrap();
+    assert_eq!(got.len(), 3);
+    for (d, e) in got.into_iter().zip(&sent) {
+        assert_eq!(&d.envelope().unwrap(), e);
+        d.acker.ack().await.unwrap();
+    }
+    // Collected by the checkpoint thread; the segment this handle still appends to stays.
+    let left = segments_become(&s, 1).await;
+    assert_eq!(left.len(), 1, "{left:?}");
+
+    // The next publish lets go of it, and it goes too.
+    q.publish(&envelope("b3")).await.unwrap();
+    let now = segments_become(&s, 1).await;
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(now, left);
+}
+
+#[tokio::test]
+async fn a_queue_file_from_before_segments_keeps_its_inline_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(dir.path());
+    let old = envelope("inline");
+    {
+        // The schema as it was, with one message in it.
+        let conn = Connection::open(&s.path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE messages (
+                id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, body BLOB NOT NULL,
+                attributes TEXT NOT NULL, published_at INTEGER NOT NULL,
+                visible_at INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+                lease INTEGER);
+             CREATE INDEX messages_ready ON messages (topic, visible_at, id);",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO messages (topic, body, attributes, published_at, visible_at)
+             VALUES (?1, ?2, ?3, 0, 0)",
+            params![
+                MAIN_TOPIC,
+                &old.body[..],
+                serde_json::to_string(&old.meta.to_attributes()).unwrap()
+            ],
+        )
+        .unwrap();
+    }
+    let q = EmbeddedQueue::open(&s, Duration::from_millis(5)).unwrap();
+    let new = envelope("segment");
+    q.publish(&new).await.unwrap();
+    let got = q.subscriber().pull(10, WAIT).await.unwrap();
+    let bodies: Vec<Envelope> = got.iter().map(|d| d.envelope().unwrap()).collect();
+    assert_eq!(bodies, [old, new]);
+}
+
+#[tokio::test]
+async fn a_message_whose_body_is_gone_is_dead_lettered_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, q) = segment_per_publish(dir.path());
+    q.publish(&envelope("lost")).await.unwrap();
+    q.publish(&envelope("kept")).await.unwrap();
+    let first = segments(&s).remove(0);
+    std::fs::remove_file(bodies::folder(&s.path).join(first)).unwrap();
+
+    let got = q.subscriber().pull(10, WAIT).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].attributes[attr::DELIVERY_ID], "kept");
+    assert_eq!(q.depth(DEAD_LETTER_TOPIC).await.unwrap(), (1, 0));
+    let attributes: String = Connection::open(&s.path)
+        .unwrap()
+        .query_row(
+            "SELECT attributes FROM messages WHERE topic = ?1",
+            [DEAD_LETTER_TOPIC],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let attributes: BTreeMap<String, String> = serde_json::from_str(&attributes).unwrap();
+    assert_eq!(attributes[attr::DELIVERY_ID], "lost");
+    assert_eq!(attributes[attr::DEAD_LETTER_SINK], "queue");
+    assert!(
+        attributes[attr::DEAD_LETTER_REASON].starts_with("body unreadable: "),
+        "{attributes:?}"
+    );
+    // On the dead-letter topic it is not delivered either (nothing to deliver), and stays.
+    let dead = q.dead_letter_subscriber();
+    assert!(
+        dead.pull(10, Duration::from_millis(50))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(q.depth(DEAD_LETTER_TOPIC).await.unwrap(), (0, 1));
+}
+
+#[tokio::test]
+async fn a_body_that_cannot_be_written_fails_the_publish_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(dir.path());
+    // Where the segments' folder should be, a file.
+    std::fs::write(bodies::folder(&s.path), b"in the way").unwrap();
+    let q = EmbeddedQueue::open(&s, Duration::from_millis(5)).unwrap();
+    let e = q.publish(&envelope("refused")).await.unwrap_err();
+    let QueueError::Unavailable(why) = &e else {
+        panic!("{e:?}")
+    };
+    assert!(
+        why.to_string().contains("cannot start a body segment"),
+        "{why}"
+    );
+    assert_eq!(q.depth(MAIN_TOPIC).await.unwrap(), (0, 0));
 }
