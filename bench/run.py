@@ -398,7 +398,12 @@ class Ctx:
         self.nonce = f"{int(time.time()) % 100000000:08d}"
         self.run_counter = 0
         self.gcp_provisioned = False
-        self.results_path = WORK_ROOT / ("smoke.json" if args.smoke else "results.json")
+        # The raw figures of the default report go to target/bench; a report written elsewhere
+        # (--output, e.g. an A/B run) keeps its own beside it, so it never overwrites them.
+        if args.output.resolve() == (REPO / "BENCHMARKS.md").resolve():
+            self.results_path = WORK_ROOT / "results.json"
+        else:
+            self.results_path = args.output.with_suffix(".json")
 
     def run_id(self, tag: str) -> str:
         self.run_counter += 1
@@ -1135,8 +1140,7 @@ def render(ctx: Ctx, info: dict, R: dict, failures: dict, started: float, finish
     add(ctx.args.command_line)
     add("```")
     add("")
-    add(f"Logs of every process: `{ctx.logs.relative_to(REPO)}/`; every raw figure: "
-        f"`{ctx.results_path.relative_to(REPO)}`.")
+    add(f"Logs of every process: `{shown(ctx.logs)}/`; every raw figure: `{shown(ctx.results_path)}`.")
     add("")
     return "\n".join(L)
 
@@ -1165,7 +1169,7 @@ def parse_args(argv=None):
                    help="the hookline binary (default $HOOKLINE_BIN, else target/release/hookline)")
     p.add_argument("--render-only", action="store_true",
                    help="measure nothing: rewrite the report from the last run's results.json "
-                        "(smoke.json with --smoke)")
+                        "(smoke.json with --smoke; with --output X.md, X.json)")
     p.add_argument("--output", help="markdown file (default BENCHMARKS.md; smoke target/bench/smoke.md)")
     a = p.parse_args(argv)
     defaults = dict(duration=(1, 10), warmup=(1, 3), reps=(1, 3), worker_events=(300, 20000),
@@ -1192,6 +1196,11 @@ def parse_args(argv=None):
 
 RENDER_ARGS = ("duration", "warmup", "reps", "connections", "worker_events", "emulator_events",
                "lag_seconds", "lag_rate", "worker_budget", "command_line")
+
+
+def shown(path: Path) -> Path:
+    """`path` relative to the repository when it is inside it."""
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
 
 
 def render_only(ctx: Ctx) -> int:
