@@ -32,6 +32,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::Utc;
+use rusqlite::functions::FunctionFlags;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
@@ -78,6 +79,12 @@ CREATE TABLE IF NOT EXISTS messages (
 const SEGMENT_COLUMNS: [&str; 3] = ["segment TEXT", "body_at INTEGER", "body_len INTEGER"];
 
 const INDEXES: &str = "
+-- Versions of hookline from before the body segments would lease a row whose body is in a
+-- segment as an empty body, and ack it. They do not define this function, so once a version
+-- that does has opened the file, their lease statement fails to prepare (no such function).
+CREATE TRIGGER IF NOT EXISTS messages_leased_by_segment_readers
+BEFORE UPDATE OF lease ON messages WHEN hookline_reads_body_segments() = 0
+BEGIN SELECT RAISE(ABORT, 'this queue file needs a hookline that reads body segments'); END;
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (topic, visible_at, id);
 -- Which segments are still in use, for collecting the others.
 CREATE INDEX IF NOT EXISTS messages_segment ON messages (segment) WHERE segment IS NOT NULL;
@@ -130,6 +137,12 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.create_scalar_function(
+        "hookline_reads_body_segments",
+        0,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |_| Ok(1),
+    )?;
     create_schema(&conn)?;
     Ok(conn)
 }
@@ -194,14 +207,28 @@ impl EmbeddedQueue {
         let restart = Arc::new(AtomicBool::new(false));
         let wanted = Arc::clone(&restart);
         let bodies: Arc<Path> = bodies::folder(&path).into();
+        // Made now, so that a folder that cannot be made fails the start, not every publish.
+        bodies::create_folder(&bodies).map_err(|e| {
+            QueueError::unavailable(format!(
+                "cannot create the body segments' folder {}: {e}",
+                bodies.display()
+            ))
+        })?;
         let body_writer = Arc::new(Mutex::new(BodyWriter::new(
             bodies.to_path_buf(),
             settings.segment_bytes,
         )));
         let collected = Arc::clone(&bodies);
+        let wal = {
+            let mut name = path.as_os_str().to_owned();
+            name.push("-wal");
+            PathBuf::from(name)
+        };
         std::thread::Builder::new()
             .name("queue-checkpoint".into())
-            .spawn(move || checkpoint_loop(&checkpoint_conn, &checkpoint_rx, &wanted, &collected))
+            .spawn(move || {
+                checkpoint_loop(&checkpoint_conn, &checkpoint_rx, &wanted, &collected, &wal)
+            })
             .map_err(QueueError::unavailable)?;
         // Settling (leases, acks, nacks, dead-letter moves) is not fsync'd: see the module docs.
         consumer
@@ -391,6 +418,7 @@ fn checkpoint_loop(
     requests: &Receiver<oneshot::Sender<()>>,
     restart: &AtomicBool,
     bodies: &Path,
+    wal: &Path,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
     let mut behind = false;
@@ -398,7 +426,7 @@ fn checkpoint_loop(
     loop {
         if collected.elapsed() >= COLLECT_INTERVAL {
             collected = std::time::Instant::now();
-            match bodies::collect(conn, bodies) {
+            match bodies::collect(conn, bodies, wal) {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(deleted = n, "body segments collected"),
                 Err(e) => tracing::warn!(error = %e, "body segments not collected"),
@@ -438,8 +466,13 @@ fn checkpoint_loop(
     }
 }
 
-/// How often the checkpoint thread looks for body segments to delete.
-const COLLECT_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the checkpoint thread looks for body segments to delete (often in tests, so
+/// that collection races with publishing and leasing there).
+const COLLECT_INTERVAL: Duration = if cfg!(test) {
+    Duration::from_millis(50)
+} else {
+    Duration::from_secs(5)
+};
 
 /// What the queue's writer threads do around their batches.
 struct WriterUpkeep {
@@ -541,8 +574,8 @@ impl StoredRow {
     }
 }
 
-/// A message whose body cannot be read (its segment was deleted or cut short by hand, or
-/// the disk failed) is not delivered: on the main topic it moves to the dead-letter topic
+/// A message whose body is gone (its segment deleted or cut short by hand, or a torn write
+/// after a crash of the disk) is not delivered: on the main topic it moves to the dead-letter topic
 /// with the error, where operators see it; on the dead-letter topic it stays leased until
 /// its deadline, and is tried again then.
 fn unreadable(
@@ -638,7 +671,12 @@ impl EmbeddedSubscription {
                 match row.at.as_ref().map(|at| reader.read(at)) {
                     None => leased.push((row.id, row.inline, row.attributes, row.attempts)),
                     Some(Ok(body)) => leased.push((row.id, body, row.attributes, row.attempts)),
-                    Some(Err(e)) => unreadable(tx, &row, &e, dead_letter_topic)?,
+                    Some(Err(e)) if bodies::is_gone(&e) => {
+                        unreadable(tx, &row, &e, dead_letter_topic)?;
+                    }
+                    // Anything else (no file descriptors left, an I/O error that may pass)
+                    // fails the pull, and with it the lease: the message stays as it was.
+                    Some(Err(e)) => return Err(io_failure("cannot read a message body", &e)),
                 }
             }
             Ok((lease, leased))

@@ -43,6 +43,30 @@ pub(super) fn folder(queue_file: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Creates the segments' folder, durably (its entry in the parent folder too).
+///
+/// # Errors
+/// The folder cannot be created or synced.
+pub(super) fn create_folder(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Whether a read error means the body is not there (its segment deleted or shorter than
+/// the row says), rather than a failure that may pass.
+pub(super) fn is_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData
+    )
+}
+
 /// Where one body is (as SQLite stores it: signed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct BodyRef {
@@ -141,7 +165,7 @@ impl BodyWriter {
 
 /// Creates a segment, locked before it gets the name collectors look at.
 fn start_segment(dir: &Path) -> io::Result<Active> {
-    std::fs::create_dir_all(dir)?;
+    create_folder(dir)?;
     let micros = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
@@ -195,12 +219,22 @@ impl<'a> BodyReader<'a> {
                 self.open.entry(Arc::clone(&at.segment)).or_insert(file)
             }
         };
+        let size = file.metadata()?.len();
         let (Ok(offset), Ok(len)) = (u64::try_from(at.offset), usize::try_from(at.len)) else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("no body at offset {} length {}", at.offset, at.len),
             ));
         };
+        // Checked before allocating: a damaged length must not ask for gigabytes.
+        if offset.saturating_add(at.len.unsigned_abs()) > size {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the body at offset {offset} length {len} ends past the segment ({size} bytes)"
+                ),
+            ));
+        }
         let mut body = vec![0; len];
         file.read_exact_at(&mut body, offset)?;
         Ok(body)
@@ -209,48 +243,83 @@ impl<'a> BodyReader<'a> {
 
 /// Deletes the segments in `dir` that no publisher holds and no row of `messages` points
 /// into, and `.new` files abandoned while being created. Returns how many files it deleted.
+/// An entry it cannot check is logged and skipped, so one bad entry does not stop the rest.
+///
+/// Before deleting, it syncs the queue's WAL (`wal`): the acks that made a segment garbage
+/// were committed without an fsync, and a power failure must not keep the deletion but undo
+/// the acks (the messages would come back with their bodies gone).
 ///
 /// # Errors
-/// The folder cannot be listed or the queue file cannot be read.
-pub(super) fn collect(conn: &Connection, dir: &Path) -> Result<usize, CollectError> {
+/// The folder cannot be listed or the WAL cannot be synced.
+pub(super) fn collect(conn: &Connection, dir: &Path, wal: &Path) -> Result<usize, CollectError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e.into()),
     };
-    let mut deleted = 0;
+    // Held (locked) until deleted.
+    let mut garbage = Vec::new();
     for entry in entries {
-        let path = entry?.path();
-        let (Some(stem), Some(suffix)) = (
-            path.file_stem().and_then(|s| s.to_str()),
-            path.extension().and_then(|s| s.to_str()),
-        ) else {
-            continue;
-        };
-        let Some(file) = open_unheld(&path)? else {
-            continue;
-        };
-        let garbage = match suffix {
-            SEGMENT => !conn
-                .prepare_cached("SELECT EXISTS (SELECT 1 FROM messages WHERE segment = ?1)")?
-                .query_row(params![stem], |r| r.get::<_, bool>(0))?,
-            CREATING => file
-                .metadata()?
-                .modified()?
-                .elapsed()
-                .is_ok_and(|age| age >= ABANDONED_AFTER),
-            _ => false,
-        };
-        if garbage {
-            match std::fs::remove_file(&path) {
-                Ok(()) => deleted += 1,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
+        let entry = entry?;
+        let path = entry.path();
+        match is_garbage(conn, &entry) {
+            Ok(Some(file)) => garbage.push((path, file)),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "body segment not checked")
+            }
+        }
+    }
+    if garbage.is_empty() {
+        return Ok(0);
+    }
+    match File::open(wal) {
+        Ok(wal) => wal.sync_data()?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut deleted = 0;
+    for (path, file) in garbage {
+        match std::fs::remove_file(&path) {
+            Ok(()) => deleted += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "body segment not deleted")
             }
         }
         drop(file);
     }
     Ok(deleted)
+}
+
+/// The entry, opened and locked, when it is a segment no publisher holds and no row points
+/// into, or a `.new` file abandoned.
+fn is_garbage(conn: &Connection, entry: &std::fs::DirEntry) -> Result<Option<File>, CollectError> {
+    let path = entry.path();
+    let (Some(stem), Some(suffix)) = (
+        path.file_stem().and_then(|s| s.to_str()),
+        path.extension().and_then(|s| s.to_str()),
+    ) else {
+        return Ok(None);
+    };
+    // Only plain files of ours are opened (a FIFO would block the open).
+    if ![SEGMENT, CREATING].contains(&suffix) || !entry.file_type()?.is_file() {
+        return Ok(None);
+    }
+    let Some(file) = open_unheld(&path)? else {
+        return Ok(None);
+    };
+    let garbage = if suffix == SEGMENT {
+        !conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM messages WHERE segment = ?1)")?
+            .query_row(params![stem], |r| r.get::<_, bool>(0))?
+    } else {
+        file.metadata()?
+            .modified()?
+            .elapsed()
+            .is_ok_and(|age| age >= ABANDONED_AFTER)
+    };
+    Ok(garbage.then_some(file))
 }
 
 /// `path` opened and locked, or `None` when a publisher holds it or it is already gone.
@@ -311,7 +380,10 @@ mod tests {
         assert_eq!(reader.read(&b).unwrap(), b"world!");
 
         // Full, but still held: the rows pointing into it may not have committed yet.
-        assert_eq!(collect(&conn, &bodies).unwrap(), 0);
+        assert_eq!(
+            collect(&conn, &bodies, &dir.path().join("q.sqlite3-wal")).unwrap(),
+            0
+        );
         let c = writer.append(b"next").unwrap();
         assert_ne!(c.segment, a.segment);
         assert_eq!(c.offset, 0);
@@ -323,10 +395,16 @@ mod tests {
             [&*a.segment],
         )
         .unwrap();
-        assert_eq!(collect(&conn, &bodies).unwrap(), 0);
+        assert_eq!(
+            collect(&conn, &bodies, &dir.path().join("q.sqlite3-wal")).unwrap(),
+            0
+        );
 
         conn.execute("DELETE FROM messages", []).unwrap();
-        assert_eq!(collect(&conn, &bodies).unwrap(), 1);
+        assert_eq!(
+            collect(&conn, &bodies, &dir.path().join("q.sqlite3-wal")).unwrap(),
+            1
+        );
         // The segment being appended to stays, though no row points into it yet.
         assert_eq!(names(&bodies), [format!("{}.{SEGMENT}", c.segment)]);
         let gone = BodyReader::new(&bodies).read(&a).unwrap_err();
@@ -349,6 +427,14 @@ mod tests {
             reader.read(&past_the_end).unwrap_err().kind(),
             io::ErrorKind::UnexpectedEof
         );
+        let damaged = BodyRef {
+            len: i64::MAX,
+            ..at.clone()
+        };
+        assert_eq!(
+            reader.read(&damaged).unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
         let negative = BodyRef { offset: -1, ..at };
         assert_eq!(
             reader.read(&negative).unwrap_err().kind(),
@@ -367,10 +453,19 @@ mod tests {
             .unwrap();
         File::create(bodies.join(format!("fresh.{CREATING}"))).unwrap();
         File::create(bodies.join("notes.txt")).unwrap();
-        assert_eq!(collect(&conn, &bodies).unwrap(), 1);
+        // Not a file: skipped, and the rest still collected.
+        std::fs::create_dir(bodies.join(format!("odd.{SEGMENT}"))).unwrap();
+        assert_eq!(
+            collect(&conn, &bodies, &dir.path().join("q.sqlite3-wal")).unwrap(),
+            1
+        );
         assert_eq!(
             names(&bodies),
-            [format!("fresh.{CREATING}"), "notes.txt".to_owned()]
+            [
+                format!("fresh.{CREATING}"),
+                "notes.txt".to_owned(),
+                format!("odd.{SEGMENT}")
+            ]
         );
     }
 }
