@@ -219,12 +219,7 @@ fn writer_loop(
         } else {
             upkeep
                 .before_commit()
-                .map_err(|e| {
-                    rusqlite::Error::SqliteFailure(
-                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
-                        Some(format!("not committed: {e}")),
-                    )
-                })
+                .map_err(|e| io_error("not committed", &e))
                 .and_then(|()| conn.execute_batch("COMMIT"))
                 .inspect_err(|_| {
                     let _ = conn.execute_batch("ROLLBACK");
@@ -237,6 +232,15 @@ fn writer_loop(
             finish(outcome.as_ref().err());
         }
     }
+}
+
+/// An I/O failure on a writer thread (not SQLite's own), as the SQLite error its jobs fail
+/// with: `what` happened, and why.
+pub fn io_error(what: &str, e: &std::io::Error) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+        Some(format!("{what}: {e}")),
+    )
 }
 
 /// A copy of a SQLite error for each job of a failed batch (`rusqlite::Error` is not `Clone`).

@@ -39,7 +39,7 @@ use tokio::sync::oneshot;
 use super::{Acker, DeadLetter, Delivery, Publisher, QueueError, Subscriber, redelivery_backoff};
 use crate::config::EmbeddedQueueSettings;
 use crate::envelope::Envelope;
-use crate::group_commit::{CommitError, GroupCommit, Upkeep};
+use crate::group_commit::{CommitError, GroupCommit, Upkeep, io_error};
 
 mod bodies;
 use bodies::{BodyReader, BodyRef, BodyWriter};
@@ -177,6 +177,13 @@ fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(INDEXES)
 }
 
+/// `file`'s name with `suffix` added: where SQLite keeps its WAL, and the segments' folder.
+fn beside(file: &Path, suffix: &str) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
@@ -219,11 +226,7 @@ impl EmbeddedQueue {
             settings.segment_bytes,
         )));
         let collected = Arc::clone(&bodies);
-        let wal = {
-            let mut name = path.as_os_str().to_owned();
-            name.push("-wal");
-            PathBuf::from(name)
-        };
+        let wal = beside(&path, "-wal");
         std::thread::Builder::new()
             .name("queue-checkpoint".into())
             .spawn(move || {
@@ -305,7 +308,7 @@ impl EmbeddedQueue {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .append(&body)
-                    .map_err(|e| io_failure("cannot start a body segment", &e))?;
+                    .map_err(|e| io_error("cannot start a body segment", &e))?;
                 conn.prepare_cached(
                     "INSERT INTO messages
                        (topic, body, attributes, published_at, visible_at, segment, body_at,
@@ -360,14 +363,6 @@ impl EmbeddedQueue {
     {
         self.consumer.run(f).await.map_err(queue_error)
     }
-}
-
-/// An I/O failure on a writer thread, as the SQLite error its job fails with.
-fn io_failure(what: &str, e: &std::io::Error) -> rusqlite::Error {
-    rusqlite::Error::SqliteFailure(
-        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
-        Some(format!("{what}: {e}")),
-    )
 }
 
 fn queue_error(e: CommitError) -> QueueError {
@@ -574,13 +569,13 @@ impl StoredRow {
     }
 }
 
-/// A message whose body is gone (its segment deleted or cut short by hand, or a torn write
-/// after a crash of the disk) is not delivered: on the main topic it moves to the dead-letter topic
-/// with the error, where operators see it; on the dead-letter topic it stays leased until
-/// its deadline, and is tried again then.
+/// A message whose body is gone (its segment deleted or cut short) is not delivered: on the
+/// main topic it moves to the dead-letter topic with the error, where operators see it; on
+/// the dead-letter topic it stays leased until its deadline, and is tried again then.
 fn unreadable(
     tx: &Connection,
     row: &StoredRow,
+    lease: i64,
     error: &std::io::Error,
     dead_letter_topic: Option<&'static str>,
 ) -> rusqlite::Result<()> {
@@ -593,19 +588,30 @@ fn unreadable(
     let Some(dlq) = dead_letter_topic else {
         return Ok(());
     };
-    let mut attributes: BTreeMap<String, String> =
-        serde_json::from_str(&row.attributes).unwrap_or_default();
-    DeadLetter {
+    let reason = DeadLetter {
         sink: "queue".into(),
         reason: format!("body unreadable: {error}"),
         attempts: row.attempts,
-    }
-    .annotate(&mut attributes);
-    let attributes = serde_json::to_string(&attributes).unwrap_or_else(|_| row.attributes.clone());
+    };
+    move_to_dead_letter(tx, row.id, lease, row.attributes.clone(), &reason, dlq)
+}
+
+/// Moves leased message `id` to topic `dlq`, its `attributes` annotated with `reason`.
+fn move_to_dead_letter(
+    tx: &Connection,
+    id: i64,
+    lease: i64,
+    attributes: String,
+    reason: &DeadLetter,
+    dlq: &'static str,
+) -> rusqlite::Result<()> {
+    let mut map: BTreeMap<String, String> = serde_json::from_str(&attributes).unwrap_or_default();
+    reason.annotate(&mut map);
+    let attributes = serde_json::to_string(&map).unwrap_or(attributes);
     tx.execute(
-        "UPDATE messages SET topic = ?2, attributes = ?3, attempts = 0, visible_at = ?4,
-           lease = NULL WHERE id = ?1",
-        params![row.id, dlq, attributes, now_ms()],
+        "UPDATE messages SET topic = ?3, attributes = ?4, attempts = 0,
+           visible_at = ?5, lease = NULL WHERE id = ?1 AND lease = ?2",
+        params![id, lease, dlq, attributes, now_ms()],
     )?;
     Ok(())
 }
@@ -672,11 +678,11 @@ impl EmbeddedSubscription {
                     None => leased.push((row.id, row.inline, row.attributes, row.attempts)),
                     Some(Ok(body)) => leased.push((row.id, body, row.attributes, row.attempts)),
                     Some(Err(e)) if bodies::is_gone(&e) => {
-                        unreadable(tx, &row, &e, dead_letter_topic)?;
+                        unreadable(tx, &row, lease, &e, dead_letter_topic)?;
                     }
                     // Anything else (no file descriptors left, an I/O error that may pass)
                     // fails the pull, and with it the lease: the message stays as it was.
-                    Some(Err(e)) => return Err(io_failure("cannot read a message body", &e)),
+                    Some(Err(e)) => return Err(io_error("cannot read a message body", &e)),
                 }
             }
             Ok((lease, leased))
@@ -816,18 +822,12 @@ impl Acker for EmbeddedAcker {
                         |r| r.get(0),
                     )
                     .optional()?;
-                if let Some(attributes) = attributes {
-                    let mut map: BTreeMap<String, String> =
-                        serde_json::from_str(&attributes).unwrap_or_default();
-                    reason.annotate(&mut map);
-                    let attributes = serde_json::to_string(&map).unwrap_or(attributes);
-                    tx.execute(
-                        "UPDATE messages SET topic = ?3, attributes = ?4, attempts = 0,
-                           visible_at = ?5, lease = NULL WHERE id = ?1 AND lease = ?2",
-                        params![id, lease, dlq, attributes, now_ms()],
-                    )?;
+                match attributes {
+                    Some(attributes) => {
+                        move_to_dead_letter(tx, id, lease, attributes, &reason, dlq)
+                    }
+                    None => Ok(()),
                 }
-                Ok(())
             })
             .await
     }

@@ -38,9 +38,7 @@ const ABANDONED_AFTER: Duration = Duration::from_secs(60);
 
 /// The folder holding a queue file's segments: `<queue file>-bodies`.
 pub(super) fn folder(queue_file: &Path) -> PathBuf {
-    let mut name = queue_file.as_os_str().to_owned();
-    name.push("-bodies");
-    PathBuf::from(name)
+    super::beside(queue_file, "-bodies")
 }
 
 /// Creates the segments' folder, durably (its entry in the parent folder too).
