@@ -170,6 +170,25 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
         note: &str,
     ) -> Result<(), SinkError>;
 
+    /// Records several steps (each a no-op when already recorded). The pipeline records
+    /// what it did since the last record in one call, just before the next effect that
+    /// depends on it, so a message costs fewer round trips to the ledger. A failure may
+    /// leave some of the steps recorded: each step is one an earlier attempt may have done.
+    ///
+    /// # Errors
+    /// Classified per engine.
+    async fn record_all(
+        &self,
+        source: &str,
+        delivery_id: &str,
+        steps: &[(&str, &str)],
+    ) -> Result<(), SinkError> {
+        for (step, note) in steps {
+            self.record(source, delivery_id, step, note).await?;
+        }
+        Ok(())
+    }
+
     /// Records `proposed` for `step` unless a note is already there, and returns the note
     /// that won. Create-only recording makes this a claim: copies of a delivery processed
     /// at the same time all end up with the first name.
@@ -189,5 +208,23 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
             .await?
             .remove(step)
             .unwrap_or_else(|| proposed.to_owned()))
+    }
+
+    /// [`Ledger::claim`] for several steps in one call (a first attempt claims its lease and
+    /// its archive name together); the winning notes, in the order of `claims`.
+    ///
+    /// # Errors
+    /// Classified per engine.
+    async fn claim_all(
+        &self,
+        source: &str,
+        delivery_id: &str,
+        claims: &[(&str, &str)],
+    ) -> Result<Vec<String>, SinkError> {
+        let mut winners = Vec::with_capacity(claims.len());
+        for (step, proposed) in claims {
+            winners.push(self.claim(source, delivery_id, step, proposed).await?);
+        }
+        Ok(winners)
     }
 }

@@ -60,7 +60,11 @@ pub enum Ownership {
 
 /// Decides who owns the delivery, claiming the next lease when this message may.
 ///
-/// `done` is the ledger as read at the start of this attempt.
+/// `done` is the ledger as read at the start of this attempt. `along` is another claim
+/// (step, proposed note) made in the same call to the ledger as the lease's, so that a
+/// first attempt pays one round trip for its lease and its archive name; its winning note
+/// is returned beside the answer, `None` when no lease was claimed. It is claimed even when
+/// the lease is lost, which is harmless for a claim every copy of a delivery agrees on.
 ///
 /// # Errors
 /// The ledger failed (after in-process retries).
@@ -70,12 +74,13 @@ pub async fn acquire(
     (source, delivery_id): (&str, &str),
     done: &BTreeMap<String, String>,
     me: Claimant<'_>,
-) -> Result<Ownership, SinkError> {
+    along: Option<(&str, &str)>,
+) -> Result<(Ownership, Option<String>), SinkError> {
     let may_take_over = |owner: &str| owner == me.message_id || me.replay_count > 0;
     let next = match newest_lease(done) {
         None => 1,
         Some((_, owner)) if !may_take_over(owner) => {
-            return Ok(Ownership::DuplicateOf(owner.to_owned()));
+            return Ok((Ownership::DuplicateOf(owner.to_owned()), None));
         }
         Some((number, _)) => number + 1,
     };
@@ -87,20 +92,26 @@ pub async fn acquire(
         me.attempt,
         rand::random::<u64>()
     );
-    let winner = retry
-        .run("ledger", || ledger.claim(source, delivery_id, &step, &note))
-        .await?;
+    let claims: Vec<(&str, &str)> = std::iter::once((step.as_str(), note.as_str()))
+        .chain(along)
+        .collect();
+    let mut winners = retry
+        .run("ledger", || ledger.claim_all(source, delivery_id, &claims))
+        .await?
+        .into_iter();
+    let winner = winners.next().unwrap_or_default();
+    let along_winner = winners.next();
     if winner == note {
-        return Ok(Ownership::Owner {
-            earlier_attempt: !done.is_empty(),
-        });
+        let earlier_attempt = !done.is_empty();
+        return Ok((Ownership::Owner { earlier_attempt }, along_winner));
     }
     let owner = owner_of(&winner).to_owned();
-    Ok(if may_take_over(&owner) {
+    let answer = if may_take_over(&owner) {
         Ownership::Contended(owner)
     } else {
         Ownership::DuplicateOf(owner)
-    })
+    };
+    Ok((answer, along_winner))
 }
 
 /// The highest-numbered lease and the message that holds it.
@@ -161,9 +172,10 @@ mod tests {
 
     async fn ask(ledger: &SqliteLedger, me: Claimant<'_>) -> Ownership {
         let done = ledger.done("gh", "d").await.unwrap();
-        acquire(ledger, &RETRY, ("gh", "d"), &done, me)
+        acquire(ledger, &RETRY, ("gh", "d"), &done, me, None)
             .await
             .unwrap()
+            .0
     }
 
     #[tokio::test]
@@ -198,10 +210,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ledger = SqliteLedger::open(&dir.path().join("l.sqlite3")).unwrap();
         // Both read an empty ledger, then both claim `lease.1`.
+        // Each proposes its own archive name along: both learn the same winner.
         let empty = BTreeMap::new();
-        let claim = |me| acquire(&ledger, &RETRY, ("gh", "d"), &empty, me);
-        let (a, b) = tokio::join!(claim(message("m1", 0)), claim(message("m2", 0)));
-        let mut got = [a.unwrap(), b.unwrap()];
+        let claim = |me, name| {
+            acquire(
+                &ledger,
+                &RETRY,
+                ("gh", "d"),
+                &empty,
+                me,
+                Some(("archive.name", name)),
+            )
+        };
+        let (a, b) = tokio::join!(
+            claim(message("m1", 0), "name-1"),
+            claim(message("m2", 0), "name-2")
+        );
+        let ((a, a_name), (b, b_name)) = (a.unwrap(), b.unwrap());
+        assert!(
+            a_name.is_some() && a_name == b_name,
+            "{a_name:?} {b_name:?}"
+        );
+        let stored = ledger.done("gh", "d").await.unwrap();
+        assert_eq!(Some(&stored["archive.name"]), a_name.as_ref());
+        let mut got = [a, b];
         got.sort_by_key(|o| format!("{o:?}"));
         assert!(
             matches!(
@@ -213,9 +245,9 @@ mod tests {
         // The same message delivered twice at once: one runs, the other goes back.
         let dir = tempfile::tempdir().unwrap();
         let ledger = SqliteLedger::open(&dir.path().join("l.sqlite3")).unwrap();
-        let claim = |me| acquire(&ledger, &RETRY, ("gh", "d"), &empty, me);
+        let claim = |me| acquire(&ledger, &RETRY, ("gh", "d"), &empty, me, None);
         let (a, b) = tokio::join!(claim(message("m1", 0)), claim(message("m1", 0)));
-        let mut got = [a.unwrap(), b.unwrap()];
+        let mut got = [a.unwrap().0, b.unwrap().0];
         got.sort_by_key(|o| format!("{o:?}"));
         assert!(
             matches!(&got[..], [Ownership::Contended(m), Ownership::Owner { .. }] if m == "m1"),

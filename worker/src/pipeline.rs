@@ -174,13 +174,19 @@ impl Pipeline {
             envelope.meta.source.as_str(),
             envelope.meta.delivery_id.as_str(),
         );
-        let record = |step: &'static str, note: String| {
-            let ledger = Arc::clone(&self.ledger);
-            async move {
-                self.retry
-                    .run("ledger", || ledger.record(source, id, step, &note))
-                    .await
+        // Steps done but not yet recorded; recorded in one call before the next effect that
+        // must not run twice (the Slack post) and at the end. A failure in between leaves
+        // them unrecorded: the next attempt redoes them, which the archive (create-only)
+        // and the warehouse (unique key, or asked first) absorb.
+        let mut unrecorded: Vec<(&'static str, String)> = Vec::new();
+        let record = |steps: Vec<(&'static str, String)>| async move {
+            if steps.is_empty() {
+                return Ok(());
             }
+            let steps: Vec<(&str, &str)> = steps.iter().map(|(s, n)| (*s, n.as_str())).collect();
+            self.retry
+                .run("ledger", || self.ledger.record_all(source, id, &steps))
+                .await
         };
         let done = match self
             .retry
@@ -195,42 +201,36 @@ impl Pipeline {
             attempt,
             replay_count: envelope.meta.replay_count,
         };
-        let earlier_attempt = match ownership::acquire(
+        // A provider's resend arrives with a new receive time: the first copy's claimed
+        // name wins, so every copy writes the same object. A first attempt claims it along
+        // with its lease.
+        let proposed = archive_name::object_name(&envelope.meta);
+        let claimed = done.get("archive.name");
+        let along = claimed
+            .is_none()
+            .then_some(("archive.name", proposed.as_str()));
+        let (earlier_attempt, object) = match ownership::acquire(
             self.ledger.as_ref(),
             &self.retry,
             (source, id),
             &done,
             claimant,
+            along,
         )
         .await
         {
-            Ok(Ownership::Owner { earlier_attempt }) => earlier_attempt,
-            Ok(Ownership::DuplicateOf(owner)) => return Disposition::Duplicate { owner },
-            Ok(Ownership::Contended(owner)) => {
+            Ok((Ownership::Owner { earlier_attempt }, won)) => {
+                let object = won.or_else(|| claimed.cloned()).unwrap_or(proposed);
+                (earlier_attempt, object)
+            }
+            Ok((Ownership::DuplicateOf(owner), _)) => return Disposition::Duplicate { owner },
+            Ok((Ownership::Contended(owner), _)) => {
                 return Disposition::Nack {
                     sink: "ledger",
                     reason: format!("message {owner} claimed this delivery at the same moment"),
                 };
             }
             Err(e) => return settle("ledger", e),
-        };
-        // A provider's resend arrives with a new receive time: the first copy's claimed
-        // name wins, so every copy writes the same object.
-        let object = match done.get("archive.name") {
-            Some(name) => name.clone(),
-            None => {
-                let proposed = archive_name::object_name(&envelope.meta);
-                let claim = self
-                    .retry
-                    .run("ledger", || {
-                        self.ledger.claim(source, id, "archive.name", &proposed)
-                    })
-                    .await;
-                match claim {
-                    Ok(name) => name,
-                    Err(e) => return settle("ledger", e),
-                }
-            }
         };
 
         if !done.contains_key("archive") {
@@ -243,9 +243,7 @@ impl Pipeline {
             {
                 return settle("archive", e);
             }
-            if let Err(e) = record("archive", object.clone()).await {
-                return settle("ledger", e);
-            }
+            unrecorded.push(("archive", object.clone()));
         }
         if !done.contains_key("warehouse") {
             // A warehouse without a unique key (BigQuery) would take a second row if a crash
@@ -286,9 +284,7 @@ impl Pipeline {
             {
                 return settle("warehouse", e);
             }
-            if let Err(e) = record("warehouse", String::new()).await {
-                return settle("ledger", e);
-            }
+            unrecorded.push(("warehouse", String::new()));
         }
         let message = match self.slack.message_for(envelope) {
             Ok(m) => m,
@@ -302,7 +298,10 @@ impl Pipeline {
             if done.contains_key("slack.intent") {
                 tracing::warn!("an earlier attempt may have posted to Slack; posting again");
                 hookline_shared::metrics::inc("hookline_slack_possible_duplicates_total", &[]);
-            } else if let Err(e) = record("slack.intent", String::new()).await {
+            } else {
+                unrecorded.push(("slack.intent", String::new()));
+            }
+            if let Err(e) = record(std::mem::take(&mut unrecorded)).await {
                 return settle("ledger", e);
             }
             if let Err(e) = timed(
@@ -313,9 +312,10 @@ impl Pipeline {
             {
                 return settle("slack", e);
             }
-            if let Err(e) = record("slack", String::new()).await {
-                return settle("ledger", e);
-            }
+            unrecorded.push(("slack", String::new()));
+        }
+        if let Err(e) = record(unrecorded).await {
+            return settle("ledger", e);
         }
         Disposition::Ack
     }
@@ -615,6 +615,181 @@ pub(crate) mod tests {
                 .contains("hookline_slack_possible_duplicates_total 1\n")
         );
         slack.verify().await; // window-1 once, window-2 once
+    }
+
+    /// A ledger that logs every call into a shared log before passing it on.
+    #[derive(Debug)]
+    struct LoggedLedger {
+        inner: SqliteLedger,
+        log: Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    #[async_trait]
+    impl Ledger for LoggedLedger {
+        async fn done(
+            &self,
+            source: &str,
+            id: &str,
+        ) -> Result<BTreeMap<String, String>, SinkError> {
+            self.log.lock().unwrap().push("done".into());
+            self.inner.done(source, id).await
+        }
+
+        async fn record(
+            &self,
+            source: &str,
+            id: &str,
+            step: &str,
+            note: &str,
+        ) -> Result<(), SinkError> {
+            self.log.lock().unwrap().push(format!("record {step}"));
+            self.inner.record(source, id, step, note).await
+        }
+
+        async fn record_all(
+            &self,
+            source: &str,
+            id: &str,
+            steps: &[(&str, &str)],
+        ) -> Result<(), SinkError> {
+            let names: Vec<&str> = steps.iter().map(|(step, _)| *step).collect();
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("record {}", names.join(",")));
+            self.inner.record_all(source, id, steps).await
+        }
+
+        async fn claim(
+            &self,
+            source: &str,
+            id: &str,
+            step: &str,
+            proposed: &str,
+        ) -> Result<String, SinkError> {
+            self.log.lock().unwrap().push(format!("claim {step}"));
+            self.inner.claim(source, id, step, proposed).await
+        }
+
+        async fn claim_all(
+            &self,
+            source: &str,
+            id: &str,
+            claims: &[(&str, &str)],
+        ) -> Result<Vec<String>, SinkError> {
+            // Leases are numbered; the log names their kind.
+            let names: Vec<&str> = claims
+                .iter()
+                .map(|(step, _)| {
+                    if step.starts_with("lease.") {
+                        "lease"
+                    } else {
+                        step
+                    }
+                })
+                .collect();
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("claim {}", names.join(",")));
+            self.inner.claim_all(source, id, claims).await
+        }
+    }
+
+    /// Slack's answer, logged into the same log as the ledger's calls.
+    struct LoggedPost(Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl wiremock::Respond for LoggedPost {
+        fn respond(&self, _: &wiremock::Request) -> wiremock::ResponseTemplate {
+            self.0.lock().unwrap().push("slack post".into());
+            wiremock::ResponseTemplate::new(200)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_records_its_steps_together_and_the_intent_before_the_post() {
+        use wiremock::matchers::method;
+        use wiremock::{Mock, MockServer};
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let slack = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(LoggedPost(Arc::clone(&log)))
+            .expect(1)
+            .mount(&slack)
+            .await;
+        let mut p = slack_pipeline(dir.path(), &slack).await;
+        p.ledger = Arc::new(LoggedLedger {
+            inner: SqliteLedger::open(&dir.path().join("ledger.sqlite3")).unwrap(),
+            log: Arc::clone(&log),
+        });
+        let e = opened_issue("together");
+        assert_eq!(p.handle(&e, "m1", 1).await, Disposition::Ack);
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                "done",
+                "claim lease,archive.name",
+                "record archive,warehouse,slack.intent",
+                "slack post",
+                "record slack",
+            ]
+        );
+        let done = p.ledger.done("gh", "together").await.unwrap();
+        for step in ["archive", "warehouse", "slack.intent", "slack"] {
+            assert!(done.contains_key(step), "{step} missing: {done:?}");
+        }
+        assert_eq!(done["archive"], archive_name::object_name(&e.meta));
+
+        // Without a Slack message, archive and warehouse are one record at the end.
+        log.lock().unwrap().clear();
+        assert_eq!(
+            p.handle(&envelope("quiet", "push"), "m2", 1).await,
+            Disposition::Ack
+        );
+        assert_eq!(
+            log.lock().unwrap().last().map(String::as_str),
+            Some("record archive,warehouse")
+        );
+        slack.verify().await;
+    }
+
+    #[tokio::test]
+    async fn a_failure_after_the_archive_leaves_it_unrecorded_and_the_next_attempt_writes_it_once()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let failing = pipeline(
+            dir.path(),
+            Arc::new(FlakyWarehouse {
+                transient: true,
+                ..Default::default()
+            }),
+        );
+        let e = envelope("redo", "push");
+        assert!(matches!(
+            failing.handle(&e, "m1", 1).await,
+            Disposition::Nack {
+                sink: "warehouse",
+                ..
+            }
+        ));
+        let done = failing.ledger.done("gh", "redo").await.unwrap();
+        assert!(!done.contains_key("archive"), "{done:?}");
+        drop(failing);
+
+        let warehouse = SqliteWarehouse::open(&dir.path().join("w.sqlite3")).unwrap();
+        let p = pipeline(dir.path(), Arc::new(warehouse));
+        assert_eq!(p.handle(&e, "m1", 2).await, Disposition::Ack);
+        let done = p.ledger.done("gh", "redo").await.unwrap();
+        assert!(done.contains_key("archive") && done.contains_key("warehouse"));
+        let object = archive_name::object_name(&e.meta);
+        assert_eq!(&p.archive.get(&object).await.unwrap()[..], &e.body[..]);
+        let day = dir.path().join("archive").join(&object);
+        let objects = std::fs::read_dir(day.parent().unwrap())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect::<Vec<_>>();
+        assert_eq!(objects.len(), 1, "{objects:?}");
     }
 
     #[tokio::test]

@@ -242,6 +242,22 @@ impl Ledger for GcsArchive {
         .map(drop)
     }
 
+    /// The uploads run at once: the steps are independent objects.
+    async fn record_all(
+        &self,
+        source: &str,
+        delivery_id: &str,
+        steps: &[(&str, &str)],
+    ) -> Result<(), SinkError> {
+        futures_util::future::try_join_all(
+            steps
+                .iter()
+                .map(|(step, note)| self.record(source, delivery_id, step, note)),
+        )
+        .await
+        .map(drop)
+    }
+
     /// One create-only upload says who won; only a lost claim reads the winner's note.
     async fn claim(
         &self,
@@ -258,6 +274,21 @@ impl Ledger for GcsArchive {
                 Ok(String::from_utf8_lossy(&self.get(&name).await?).into_owned())
             }
         }
+    }
+
+    /// The claims run at once: the steps are independent objects.
+    async fn claim_all(
+        &self,
+        source: &str,
+        delivery_id: &str,
+        claims: &[(&str, &str)],
+    ) -> Result<Vec<String>, SinkError> {
+        futures_util::future::try_join_all(
+            claims
+                .iter()
+                .map(|(step, proposed)| self.claim(source, delivery_id, step, proposed)),
+        )
+        .await
     }
 }
 

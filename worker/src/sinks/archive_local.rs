@@ -104,6 +104,8 @@ fn write_create_only(path: &Path, body: &[u8], folders: &FolderSyncs) -> std::io
     let dir = path.parent().expect("object paths have a folder");
     std::fs::create_dir_all(dir)?;
     if path.exists() {
+        // An earlier attempt may have died between its link and its folder fsync.
+        folders.sync(dir, fsync_folder)?;
         return Ok(Outcome::AlreadyDone);
     }
     let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;

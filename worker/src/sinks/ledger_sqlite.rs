@@ -4,7 +4,7 @@
 //! Records are committed with `synchronous=NORMAL`: they survive the worker being killed,
 //! not a power failure just after. A record lost that way makes the step run again, which
 //! the archive (create-only) and the warehouse (unique key) absorb; for Slack it can repeat
-//! a post. Paying an fsync for each of a message's five records cost more than half the
+//! a post. Paying an fsync for each of a message's records cost more than half the
 //! worker's throughput.
 //!
 //! Every read and write goes through one writer thread ([`GroupCommit`]): the records of all
@@ -103,6 +103,23 @@ impl Ledger for SqliteLedger {
             .await
     }
 
+    /// One job, so the steps commit together.
+    async fn record_all(
+        &self,
+        source: &str,
+        delivery_id: &str,
+        steps: &[(&str, &str)],
+    ) -> Result<(), SinkError> {
+        let (source, id) = (source.to_owned(), delivery_id.to_owned());
+        let steps = owned(steps);
+        self.with(move |c| {
+            steps
+                .iter()
+                .try_for_each(|(step, note)| insert(c, &source, &id, step, note))
+        })
+        .await
+    }
+
     /// One job instead of a record and a read: the claim and its answer commit together.
     async fn claim(
         &self,
@@ -117,15 +134,49 @@ impl Ledger for SqliteLedger {
             step.to_owned(),
             proposed.to_owned(),
         );
+        self.with(move |c| claim(c, &source, &id, &step, &proposed))
+            .await
+    }
+
+    /// One job: the claims and their answers commit together.
+    async fn claim_all(
+        &self,
+        source: &str,
+        delivery_id: &str,
+        claims: &[(&str, &str)],
+    ) -> Result<Vec<String>, SinkError> {
+        let (source, id) = (source.to_owned(), delivery_id.to_owned());
+        let claims = owned(claims);
         self.with(move |c| {
-            insert(c, &source, &id, &step, &proposed)?;
-            c.prepare_cached(
-                "SELECT note FROM ledger WHERE source = ?1 AND delivery_id = ?2 AND step = ?3",
-            )?
-            .query_row(params![source, id, step], |r| r.get(0))
+            claims
+                .iter()
+                .map(|(step, proposed)| claim(c, &source, &id, step, proposed))
+                .collect()
         })
         .await
     }
+}
+
+fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect()
+}
+
+/// Records `proposed` unless the step has a note, and returns the note that stays.
+fn claim(
+    c: &Connection,
+    source: &str,
+    id: &str,
+    step: &str,
+    proposed: &str,
+) -> rusqlite::Result<String> {
+    insert(c, source, id, step, proposed)?;
+    c.prepare_cached(
+        "SELECT note FROM ledger WHERE source = ?1 AND delivery_id = ?2 AND step = ?3",
+    )?
+    .query_row(params![source, id, step], |r| r.get(0))
 }
 
 /// Records a step unless it is recorded already (the first record stays).
