@@ -70,8 +70,10 @@ NPROC = os.cpu_count() or 1
 
 INGEST = ["hookline-null", "hookline-embedded", "hookline-pubsub", "flask-seed", "webhook"]
 WORKER = ["worker-embedded", "worker-lag", "worker-pubsub"]
-ALL = INGEST + WORKER
-NEEDS_EMULATORS = {"hookline-pubsub", "flask-seed", "worker-pubsub"}
+ALL = INGEST + ["pubsub-floor"] + WORKER
+NEEDS_EMULATORS = {"hookline-pubsub", "flask-seed", "pubsub-floor", "worker-pubsub"}
+# pubsub-floor's batch sizes, besides the number of connections (the most (3) can batch).
+FLOOR_BATCHES = (1, 8, 1000)
 LABEL = {
     "hookline-null": "(1) hookline ingest, null queue",
     "hookline-embedded": "(2) hookline ingest → embedded queue",
@@ -542,6 +544,58 @@ def start_contender(ctx: Ctx, name: str) -> tuple[Service, bool]:
     raise ValueError(name)
 
 
+def bench_pubsub_floor(ctx: Ctx) -> dict:
+    """The Pub/Sub emulator's own CPU per published message at several batch sizes
+    (bench/pubsub_floor.py publishes; the emulator's process group is measured around it)."""
+    ctx.emulators.ensure()
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        raise BenchError(f"{python} missing: run bench/run.sh (it creates the venv)")
+    env = clean_env({"PUBSUB_EMULATOR_HOST": ctx.emulators.env["PUBSUB_EMULATOR_HOST"],
+                     "GOOGLE_CLOUD_PROJECT": ctx.emulators.project})
+    scale = 20 if ctx.args.smoke else 1
+
+    def publish(batch: int, count: int) -> dict:
+        topic = ctx.run_id(f"floor-{batch}")
+        argv = [str(python), str(BENCH / "pubsub_floor.py"), "--payload", str(PAYLOAD),
+                "--topic", topic, "--batch", str(batch), "--count", str(count)]
+        cpu0 = ctx.emulators.pubsub_cpu()
+        r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+        cpu = ctx.emulators.pubsub_cpu() - cpu0
+        if r.returncode != 0:
+            raise BenchError(f"pubsub_floor.py --batch {batch} failed:\n{r.stderr[-2000:]}")
+        seconds = json.loads(r.stdout.strip().splitlines()[-1])["seconds"]
+        return {"batch": batch, "messages": count, "seconds": seconds,
+                "emulator_cpu_s_per_1k": cpu / count * 1000}
+
+    publish(32, 2000 // scale)  # warm-up: the emulator's JIT, when nothing ran before
+    rows = []
+    for batch in sorted(set(FLOOR_BATCHES) | {ctx.args.connections}):
+        count = min(20000, max(2000, 250 * batch)) // scale  # a smoke run sends a twentieth
+        rows.append(publish(batch, max(count, batch)))
+        log(f"batch {batch}: {rows[-1]['emulator_cpu_s_per_1k']:.3f} emulator CPU-s per 1,000 messages")
+    return {"batches": rows, "connections": ctx.args.connections}
+
+
+def floor_at(R: dict, batch: int) -> float | None:
+    """The emulator's CPU-s per 1,000 messages at `batch`, as pubsub-floor measured it."""
+    for row in (R.get("pubsub-floor") or {}).get("batches", []):
+        if row["batch"] == batch:
+            return row["emulator_cpu_s_per_1k"]
+    return None
+
+
+def pubsub_ceiling(R: dict, connections: int) -> tuple[float, float, float] | None:
+    """(3)'s ceiling on this machine from the emulator's floor: each request waits for its own
+    publish, so a publish carries at most `connections` messages. Returns (emulator CPU-s per
+    1,000 at that batch, hookline's per 1,000 in (3), requests/s if nothing else used a core)."""
+    floor = floor_at(R, connections)
+    hookline = (R.get("hookline-pubsub") or {}).get("cpu_s_per_1k")
+    if floor is None or hookline is None:
+        return None
+    return floor, hookline, NPROC * 1000 / (floor + hookline)
+
+
 def bench_ingest(ctx: Ctx, name: str) -> dict:
     a = ctx.args
     svc, emulated = start_contender(ctx, name)
@@ -852,6 +906,13 @@ def targets(R: dict) -> list[tuple[str, str, str]]:
     g = lambda n, k: (R.get(n) or {}).get(k)  # noqa: E731
     rows = []
 
+    def ceiling_note() -> str:
+        ceiling = pubsub_ceiling(R, (R.get("pubsub-floor") or {}).get("connections", 32))
+        if not ceiling or not g("flask-seed", "rps"):
+            return ""
+        return (f"; the emulator's own cost caps (3) at {f_num(ceiling[2])} req/s here, "
+                f"{ceiling[2] / g('flask-seed', 'rps'):.1f}× (4)")
+
     def ratio_row(target, a, b, k, minimum, extra=None):
         va, vb = g(a, "rps"), g(b, "rps")
         if va is None or vb is None or not vb:
@@ -869,7 +930,7 @@ def targets(R: dict) -> list[tuple[str, str, str]]:
     ratio_row("(3) ≥ 10× requests/s of (4), at equal or better p99", "hookline-pubsub",
               "flask-seed", "rps", 10,
               lambda: (f"p99 {f_num(g('hookline-pubsub', 'p99_ms'), 2)} vs "
-                       f"{f_num(g('flask-seed', 'p99_ms'), 2)} ms",
+                       f"{f_num(g('flask-seed', 'p99_ms'), 2)} ms" + ceiling_note(),
                        (g("hookline-pubsub", "p99_ms") or 1e9) <= (g("flask-seed", "p99_ms") or 0)))
     ratio_row("(2) ≥ 50% of (1) requests/s", "hookline-embedded", "hookline-null", "rps", 0.5)
     ratio_row("(2) ≥ 3× requests/s of (5)", "hookline-embedded", "webhook", "rps", 3)
@@ -1062,6 +1123,34 @@ def render(ctx: Ctx, info: dict, R: dict, failures: dict, started: float, finish
         else:
             add(f"| {LABEL[n]} | not run | | | | | | |")
     add("")
+
+    add("### The Pub/Sub emulator's own cost per message")
+    add("")
+    fl = R.get("pubsub-floor")
+    if fl:
+        add("`bench/pubsub_floor.py` publishes the same payload to a topic of the emulator (with one "
+            "subscription, as (3) and (4) have) in batches of exactly *batch* messages; the "
+            "emulator's CPU over each is divided by the messages. It costs much per publish request "
+            "and little per message in it.")
+        add("")
+        add("| batch | messages | emulator CPU-s / 1,000 messages | seconds |")
+        add("| ---: | ---: | ---: | ---: |")
+        for row in fl["batches"]:
+            add(f"| {row['batch']:,} | {row['messages']:,} | {f_num(row['emulator_cpu_s_per_1k'], 3)} | "
+                f"{f_num(row['seconds'], 1)} |")
+        add("")
+        ceiling = pubsub_ceiling(R, a.connections)
+        if ceiling:
+            floor, hookline, rps = ceiling
+            add(f"With {a.connections} connections a publish of (3) carries at most {a.connections} "
+                "messages (each request waits for its own message id). At that batch the emulator "
+                f"alone needs {floor:.3f} CPU-s per 1,000 and hookline {hookline:.3f} (table above): "
+                f"on {NPROC} cores, with nothing else running, (3) could not pass "
+                f"{f_num(rps)} requests/s here.")
+            add("")
+    else:
+        add("not run")
+        add("")
 
     add("## Worker")
     add("")
@@ -1257,7 +1346,8 @@ def main(argv=None) -> int:
     R: dict[str, dict] = {}
     failures: dict[str, str] = {}
     steps = {n: (lambda n=n: bench_ingest(ctx, n)) for n in INGEST}
-    steps.update({"worker-embedded": lambda: bench_worker_embedded(ctx),
+    steps.update({"pubsub-floor": lambda: bench_pubsub_floor(ctx),
+                  "worker-embedded": lambda: bench_worker_embedded(ctx),
                   "worker-lag": lambda: bench_worker_lag(ctx),
                   "worker-pubsub": lambda: bench_worker_pubsub(ctx)})
     try:
