@@ -172,6 +172,9 @@ pub struct PubsubSettings {
     /// Bodies larger than this are stored in the archive first and published as a pointer
     /// (a claim check): a Pub/Sub message holds 10 MB, attributes included.
     pub claim_check_bytes: usize,
+    /// Ingest publishes through this many lanes, each with at most one request in flight
+    /// taking every message waiting (`queue::publish_lanes`): batches grow with the load.
+    pub publish_lanes: usize,
     /// `http://host:port` of an emulator; set from `PUBSUB_EMULATOR_HOST` when empty.
     pub endpoint: Option<String>,
 }
@@ -189,6 +192,7 @@ impl Default for PubsubSettings {
             min_backoff_secs: 10,
             max_backoff_secs: 600,
             claim_check_bytes: 9_500_000,
+            publish_lanes: 2,
             endpoint: None,
         }
     }
@@ -627,6 +631,9 @@ impl Settings {
                     "queue.pubsub: ack_deadline_secs 10..=600, min_backoff_secs <= max_backoff_secs <= 600",
                 );
             }
+            if !(1..=64).contains(&p.publish_lanes) {
+                return invalid("queue.pubsub.publish_lanes must be 1 to 64");
+            }
             for name in [
                 &p.topic,
                 &p.subscription,
@@ -927,6 +934,9 @@ mod tests {
             Settings::from_parts("", attempts),
             Err(ConfigError::Invalid(_))
         ));
+        let no_lanes = "[gcp]\nproject = \"p\"\n[queue]\nbackend = \"pubsub\"\n[queue.pubsub]\npublish_lanes = 0";
+        let err = Settings::from_parts(no_lanes, []).unwrap_err();
+        assert!(err.to_string().contains("publish_lanes"), "{err}");
         let no_segment = "[queue.embedded]\nsegment_bytes = 0";
         let err = Settings::from_parts(no_segment, []).unwrap_err();
         assert!(err.to_string().contains("segment_bytes"), "{err}");

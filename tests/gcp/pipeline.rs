@@ -237,3 +237,93 @@ async fn a_provider_resend_has_no_second_effect_on_the_cloud_ledger() {
     worker.stop().await;
     ingest.stop().await.unwrap();
 }
+
+/// Ingest's publish lanes take every waiting message into one request: under concurrent
+/// webhooks each answer must still carry the id of *its own* message, every message must
+/// arrive once, and nothing may be mixed up between callers.
+#[tokio::test]
+async fn concurrent_webhooks_batched_by_the_lanes_each_get_their_own_message() {
+    let env = GcpEnv::new("publish_lanes = 1");
+    env.provision();
+    let tap = format!("tap-{}", env.suffix);
+    env.tap(&tap, &env.settings.queue.pubsub.topic).await;
+    let (url, ingest) = spawn_ingest(&env).await;
+
+    const N: usize = 120;
+    let sends = (0..N).map(|i| {
+        let url = url.clone();
+        async move {
+            let delivery = format!("lane-{i}");
+            let body = format!(r#"{{"ref":"refs/heads/main","n":{i}}}"#).into_bytes();
+            let (status, json, _) = post(
+                &format!("{url}/hooks/gh"),
+                &github_headers(&body, "push", &delivery),
+                body,
+            )
+            .await;
+            assert_eq!(status, 200, "{json}");
+            (delivery, json["message_id"].as_str().unwrap().to_owned())
+        }
+    });
+    let answered: std::collections::BTreeMap<String, String> =
+        futures_util::future::join_all(sends)
+            .await
+            .into_iter()
+            .collect();
+    assert_eq!(answered.len(), N);
+    let distinct: std::collections::BTreeSet<_> = answered.values().collect();
+    assert_eq!(distinct.len(), N, "every webhook got its own message id");
+
+    // What Pub/Sub holds: each message id carries the delivery that was told that id.
+    let client = reqwest::Client::new();
+    let mut held = std::collections::BTreeMap::new();
+    for _ in 0..30 {
+        if held.len() == N {
+            break;
+        }
+        let resp: serde_json::Value = client
+            .post(env.pubsub_url(&format!("subscriptions/{tap}:pull")))
+            .json(&serde_json::json!({ "maxMessages": 100, "returnImmediately": true }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let received = resp["receivedMessages"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for m in &received {
+            let id = m["message"]["messageId"].as_str().unwrap().to_owned();
+            let delivery = m["message"]["attributes"]["delivery_id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert!(
+                held.insert(id, delivery).is_none(),
+                "a message arrived twice"
+            );
+        }
+        let ack_ids: Vec<_> = received.iter().map(|m| m["ackId"].clone()).collect();
+        if !ack_ids.is_empty() {
+            client
+                .post(env.pubsub_url(&format!("subscriptions/{tap}:acknowledge")))
+                .json(&serde_json::json!({ "ackIds": ack_ids }))
+                .send()
+                .await
+                .unwrap();
+        } else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert_eq!(held.len(), N, "every message arrived");
+    for (delivery, id) in &answered {
+        assert_eq!(
+            held.get(id),
+            Some(delivery),
+            "message {id} is not {delivery}'s"
+        );
+    }
+    ingest.stop().await.unwrap();
+}

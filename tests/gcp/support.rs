@@ -137,7 +137,7 @@ secrets = ["{GITHUB_SECRET}"]
             .collect()
     }
 
-    fn pubsub_url(&self, path: &str) -> String {
+    pub fn pubsub_url(&self, path: &str) -> String {
         format!(
             "{}/v1/projects/{PROJECT}/{path}",
             self.settings.queue.pubsub.endpoint.as_deref().unwrap()

@@ -8,6 +8,7 @@
 pub mod discard;
 pub mod embedded;
 #[cfg(feature = "gcp")]
+mod publish_lanes;
 pub mod pubsub;
 
 use std::collections::BTreeMap;

@@ -40,6 +40,7 @@ use google_cloud_pubsub::subscriber::ShutdownBehavior;
 use google_cloud_pubsub::subscriber::handler::Handler;
 use tokio::sync::{Mutex, mpsc};
 
+use super::publish_lanes::Lanes;
 use super::{Acker, DeadLetter, Delivery, Publisher, QueueError, Subscriber, redelivery_backoff};
 use crate::archive_name;
 use crate::config::{PubsubSettings, Settings};
@@ -113,7 +114,8 @@ impl Connection {
         let mut b = PsPublisher::builder(self.topic_path(topic))
             .with_credentials(self.credentials.clone())
             // A webhook waits on this publish: batch briefly, and never retry past the
-            // time the request may wait (the crate's default is 600 s).
+            // time the request may wait (the crate's default is 600 s). Ingest's lanes send
+            // their batches at once (`publish_lanes`); the delay is for the other publishers.
             .set_delay_threshold(Duration::from_millis(2))
             .with_retry_policy(RetryableErrors.with_time_limit(time_limit));
         if let Some(e) = &self.endpoint {
@@ -187,7 +189,7 @@ async fn publish_raw(publisher: &PsPublisher, msg: Message) -> Result<String, Qu
 /// Ingest's publisher.
 #[derive(Clone)]
 pub struct PubSubPublisher {
-    publisher: PsPublisher,
+    lanes: Lanes,
     admin: TopicAdmin,
     connection: Connection,
     topic: String,
@@ -214,13 +216,18 @@ impl PubSubPublisher {
         publish_timeout: Duration,
         archive: Arc<dyn Archive>,
     ) -> Result<Self, QueueError> {
-        let publisher = connection
-            .publisher(&settings.topic, publish_timeout)
-            .await?;
+        let mut publishers = Vec::with_capacity(settings.publish_lanes);
+        for _ in 0..settings.publish_lanes.max(1) {
+            publishers.push(
+                connection
+                    .publisher(&settings.topic, publish_timeout)
+                    .await?,
+            );
+        }
         let admin = connection.topic_admin().await?;
         connection.check_topic(&admin, &settings.topic).await?;
         Ok(Self {
-            publisher,
+            lanes: Lanes::start(publishers),
             admin,
             connection,
             topic: settings.topic.clone(),
@@ -231,7 +238,7 @@ impl PubSubPublisher {
 
     /// Sends buffered messages; call before exiting.
     pub async fn flush(&self) {
-        self.publisher.flush().await;
+        self.lanes.flush().await;
     }
 }
 
@@ -252,7 +259,7 @@ impl Publisher for PubSubPublisher {
         } else {
             envelope.body.clone()
         };
-        publish_raw(&self.publisher, message(body, &attributes)).await
+        self.lanes.publish(message(body, &attributes)).await
     }
 
     async fn ready(&self) -> Result<(), QueueError> {
