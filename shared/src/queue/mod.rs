@@ -9,6 +9,7 @@ pub mod discard;
 pub mod embedded;
 #[cfg(feature = "gcp")]
 mod publish_lanes;
+#[cfg(feature = "gcp")]
 pub mod pubsub;
 
 use std::collections::BTreeMap;
