@@ -99,7 +99,13 @@ pub async fn acquire(
         .run("ledger", || ledger.claim_all(source, delivery_id, &claims))
         .await?
         .into_iter();
-    let winner = winners.next().unwrap_or_default();
+    // A ledger that answered no claim must not read as a lost one (that acks the message).
+    let Some(winner) = winners.next() else {
+        return Err(SinkError::transient(
+            "ledger unavailable",
+            "the ledger answered no claim for the lease",
+        ));
+    };
     let along_winner = winners.next();
     if winner == note {
         let earlier_attempt = !done.is_empty();
@@ -203,6 +209,42 @@ mod tests {
             let held = done.keys().filter(|k| k.starts_with(LEASE_PREFIX)).count();
             assert_eq!(held, leases, "{done:?}");
         }
+    }
+
+    /// A ledger that answers every claim with nothing.
+    #[derive(Debug)]
+    struct NoAnswers;
+
+    #[async_trait::async_trait]
+    impl Ledger for NoAnswers {
+        async fn done(&self, _: &str, _: &str) -> Result<BTreeMap<String, String>, SinkError> {
+            Ok(BTreeMap::new())
+        }
+        async fn record(&self, _: &str, _: &str, _: &str, _: &str) -> Result<(), SinkError> {
+            Ok(())
+        }
+        async fn claim_all(
+            &self,
+            _: &str,
+            _: &str,
+            _: &[(&str, &str)],
+        ) -> Result<Vec<String>, SinkError> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_claim_the_ledger_did_not_answer_is_an_error_not_a_lost_claim() {
+        let got = acquire(
+            &NoAnswers,
+            &RETRY,
+            ("gh", "d"),
+            &BTreeMap::new(),
+            message("m1", 0),
+            None,
+        )
+        .await;
+        assert!(got.as_ref().is_err_and(SinkError::is_transient), "{got:?}");
     }
 
     #[tokio::test]

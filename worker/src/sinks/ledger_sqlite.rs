@@ -93,14 +93,7 @@ impl Ledger for SqliteLedger {
         step: &str,
         note: &str,
     ) -> Result<(), SinkError> {
-        let (source, id, step, note) = (
-            source.to_owned(),
-            delivery_id.to_owned(),
-            step.to_owned(),
-            note.to_owned(),
-        );
-        self.with(move |c| insert(c, &source, &id, &step, &note))
-            .await
+        self.record_all(source, delivery_id, &[(step, note)]).await
     }
 
     /// One job, so the steps commit together.
