@@ -174,6 +174,8 @@ pub struct PubsubSettings {
     pub claim_check_bytes: usize,
     /// Ingest publishes through this many lanes, each with at most one request in flight
     /// taking every message waiting (`queue::publish_lanes`): batches grow with the load.
+    /// One request is in flight at a time; the other lanes are spares for a request in
+    /// flight longer than 20 ms.
     pub publish_lanes: usize,
     /// `http://host:port` of an emulator; set from `PUBSUB_EMULATOR_HOST` when empty.
     pub endpoint: Option<String>,
