@@ -62,12 +62,16 @@ HOOKS_JSON = BENCH / "webhook" / "hooks.json"
 FLASK_DIR = BENCH / "flask_seed"
 EMULATORS_SH = REPO / "scripts" / "emulators.sh"
 EMULATOR_HOME = Path(os.environ.get("HOOKLINE_EMULATOR_HOME", REPO / "target" / "emulators"))
-# The collector of the Pub/Sub emulator's JVM when the harness starts it. With G1, the JVM's
-# default, the emulator stopped for 35-72 ms every 2-3 s while (3) ran (its GC log: young
+# The Pub/Sub emulator's JVM options when the harness starts it. With G1, the JVM's default
+# collector, the emulator stopped for 35-46 ms every 2-3 s while (3) ran (its GC log: young
 # pauses copying the messages the undrained subscription holds), and those stops were (3)'s
 # p99. ZGC's pauses are under a millisecond. Real Pub/Sub's pauses are not on the service's
 # path, so they are not what (3) should measure; (4) runs against the same emulator.
-EMULATOR_JVM_OPTS = "-XX:+UseZGC"
+# The heap is fixed and touched at start: ZGC let it grow past 3 GB before collecting, and in
+# 2 of 3 runs a repetition of (3) then fell by a third and its half-rate run had requests held
+# back 72 and 199 ms with no pause or allocation stall in the GC log: memory the VM hands out
+# on first touch, we suspect. In 2 runs with the heap touched at start, neither happened.
+EMULATOR_JVM_OPTS = "-XX:+UseZGC -Xms4g -Xmx4g -XX:+AlwaysPreTouch"
 
 SECRET = "hookline-bench-secret"
 HOOK_PATH = "/hooks/github"
@@ -343,8 +347,8 @@ class Emulators:
             return None
 
     def pubsub_collector(self) -> str:
-        """The garbage collector the Pub/Sub emulator's JVM was started with, from its
-        command line."""
+        """The garbage collector the Pub/Sub emulator's JVM was started with and its heap
+        options, from its command line."""
         pg = self.pubsub_pgrp()
         for pid, st in (_all_stats().items() if pg else ()):
             if st[2] != pg:
@@ -356,9 +360,10 @@ class Emulators:
             if not argv or not argv[0].endswith(b"java"):
                 continue
             flags = [a.decode() for a in argv if re.fullmatch(rb"-XX:\+Use\w+GC", a)]
-            if not flags:
-                return "G1 (the JVM's default)"
-            return f"{flags[-1].removeprefix('-XX:+Use')} (`{flags[-1]}`)"
+            heap = [a.decode() for a in argv
+                    if re.fullmatch(rb"-Xm[sx]\w+|-XX:\+AlwaysPreTouch", a)]
+            gc = f"{flags[-1].removeprefix('-XX:+Use')}" if flags else "G1 (the JVM's default)"
+            return f"{gc}, `{' '.join(flags[-1:] + heap)}`" if flags or heap else gc
         return "n/a"
 
     def pubsub_cpu(self) -> float:
@@ -1168,7 +1173,11 @@ def render(ctx: Ctx, info: dict, R: dict, failures: dict, started: float, finish
         "p99: in two G1 runs on 2026-11-24 (3)'s half-rate p99 was 17.8 and 38.7 ms, with requests "
         "held back up to 35 and 72 ms, against 4.4-10.5 ms and at most 14 ms in three ZGC runs "
         "alternating with them, at equal or higher requests/s. Real Pub/Sub's pauses are not on "
-        "the service's path; (4) runs against the same emulator.")
+        "the service's path; (4) runs against the same emulator. The heap is fixed (4 GB) and "
+        "touched at start: with ZGC alone it grew past 3 GB before a collection, and in 2 of 3 "
+        "runs one of (3)'s repetitions then fell by a third and its half-rate run had requests "
+        "held back 72 and 199 ms, with no pause or allocation stall in the GC log (memory this "
+        "VM hands out on first touch, we suspect); in 2 runs with a pre-touched heap, neither.")
     add("- **An empty queue for every measurement** ((2), (3) and (4); each repetition and the "
         "half-rate run): in production the worker drains the queue, so ingest publishes into a "
         "nearly empty one; nothing drains it here, and left alone it grows by every earlier "
