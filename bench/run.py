@@ -944,7 +944,9 @@ def machine_info(ctx: Ctx) -> dict:
     pyver = lambda mod: cmd_out([str(pip), "-c", f"import importlib.metadata as m; print(m.version('{mod}'))"]) if pip.exists() else "n/a"  # noqa: E731
     loadavg = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     commit = cmd_out(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"])
-    dirty = cmd_out(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"])
+    # BENCHMARKS.md itself is rewritten by every run: not a change to what is measured.
+    dirty = cmd_out(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no",
+                     "--", ".", ":!BENCHMARKS.md"])
     binary = ctx.hookline
     mtime = dt.datetime.fromtimestamp(binary.stat().st_mtime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return {
