@@ -64,28 +64,18 @@ EMULATORS_SH = REPO / "scripts" / "emulators.sh"
 EMULATOR_HOME = Path(os.environ.get("HOOKLINE_EMULATOR_HOME", REPO / "target" / "emulators"))
 
 
-def _emulator_heap_mib() -> int:
-    """4 GB; on a machine with less than 16 GB, a quarter of its memory (the JVM's default
-    maximum heap)."""
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal:"):
-                return max(256, min(4096, int(line.split()[1]) // 1024 // 4))
-    except (OSError, ValueError, IndexError):
-        pass
-    return 1024
+def mem_total_kb() -> int:
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1])
+    return 0
 
 
-# The Pub/Sub emulator's JVM options when the harness starts it. With G1, the JVM's default
-# collector, the emulator stopped for 35-46 ms every 2-3 s while (3) ran (its GC log: young
-# pauses copying the messages the undrained subscription holds), and those stops were (3)'s
-# p99. ZGC's pauses are under a millisecond. Real Pub/Sub's pauses are not on the service's
-# path, so they are not what (3) should measure; (4) runs against the same emulator.
-# The heap is fixed and touched at start: ZGC let it grow past 3 GB before collecting, and in
-# 2 of 3 runs a repetition of (3) then fell by a third and its half-rate run had requests held
-# back 72 and 199 ms with no pause or allocation stall in the GC log: memory the VM hands out
-# on first touch, we suspect. In 5 runs with the heap touched at start, neither happened.
-EMULATOR_HEAP_MIB = _emulator_heap_mib()
+# The Pub/Sub emulator's JVM options when the harness starts it: ZGC on a fixed heap touched
+# at start, 4 GB (a quarter of the memory, the JVM's default maximum, on a machine with less
+# than 16 GB). Why, with the measurements: the Method bullet "The Pub/Sub emulator's garbage
+# collector" in render().
+EMULATOR_HEAP_MIB = max(256, min(4096, mem_total_kb() // 1024 // 4))
 EMULATOR_JVM_OPTS = (f"-XX:+UseZGC -Xms{EMULATOR_HEAP_MIB}m -Xmx{EMULATOR_HEAP_MIB}m "
                      "-XX:+AlwaysPreTouch")
 
@@ -378,7 +368,7 @@ class Emulators:
             flags = [a.decode() for a in argv if re.fullmatch(rb"-XX:\+Use\w+GC", a)]
             heap = [a.decode() for a in argv
                     if re.fullmatch(rb"-Xm[sx]\w+|-XX:\+AlwaysPreTouch", a)]
-            gc = f"{flags[-1].removeprefix('-XX:+Use')}" if flags else "G1 (the JVM's default)"
+            gc = flags[-1].removeprefix("-XX:+Use") if flags else "G1 (the JVM's default)"
             return f"{gc}, `{' '.join(flags[-1:] + heap)}`" if flags or heap else gc
         return "n/a"
 
@@ -947,10 +937,7 @@ def machine_info(ctx: Ctx) -> dict:
                 break
     except OSError:
         pass
-    mem_kb = 0
-    for line in open("/proc/meminfo"):
-        if line.startswith("MemTotal:"):
-            mem_kb = int(line.split()[1])
+    mem_kb = mem_total_kb()
     os_name = "unknown"
     try:
         os_name = re.search(r'PRETTY_NAME="([^"]+)"', Path("/etc/os-release").read_text()).group(1)

@@ -172,10 +172,9 @@ pub struct PubsubSettings {
     /// Bodies larger than this are stored in the archive first and published as a pointer
     /// (a claim check): a Pub/Sub message holds 10 MB, attributes included.
     pub claim_check_bytes: usize,
-    /// Ingest publishes through this many lanes, each with at most one request in flight
-    /// taking every message waiting (`queue::publish_lanes`): batches grow with the load.
-    /// One request is in flight at a time; the other lanes are spares for a request in
-    /// flight longer than 20 ms.
+    /// Ingest's publish lanes (`queue::publish_lanes`): one request in flight, carrying
+    /// every message that waited for it, so batches grow with the load; the other lanes are
+    /// spares for a request in flight longer than 20 ms.
     pub publish_lanes: usize,
     /// `http://host:port` of an emulator; set from `PUBSUB_EMULATOR_HOST` when empty.
     pub endpoint: Option<String>,
