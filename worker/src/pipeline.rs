@@ -57,6 +57,8 @@ pub enum BuildError {
         #[source]
         source: hookline_shared::group_commit::CommitError,
     },
+    #[error("cannot start the local archive's writer")]
+    Archive(#[source] std::io::Error),
     #[error("cannot set up the Cloud Storage archive")]
     Gcs(#[from] GcsSetupError),
     #[error("cannot set up the BigQuery warehouse")]
@@ -71,7 +73,9 @@ pub enum BuildError {
 /// The archive cannot be set up.
 pub async fn archive_from_settings(settings: &Settings) -> Result<Arc<dyn Archive>, BuildError> {
     Ok(match settings.archive.backend {
-        ArchiveBackend::Local => Arc::new(LocalArchive::new(&settings.archive.local.root)),
+        ArchiveBackend::Local => {
+            Arc::new(LocalArchive::new(&settings.archive.local.root).map_err(BuildError::Archive)?)
+        }
         ArchiveBackend::Gcs => Arc::new(GcsArchive::connect(&settings.archive.gcs).await?),
     })
 }
@@ -118,7 +122,10 @@ impl Pipeline {
                     source,
                 })?;
                 (
-                    Arc::new(LocalArchive::new(&settings.archive.local.root)),
+                    Arc::new(
+                        LocalArchive::new(&settings.archive.local.root)
+                            .map_err(BuildError::Archive)?,
+                    ),
                     Arc::new(ledger),
                 )
             }
@@ -491,7 +498,7 @@ pub(crate) mod tests {
 
     pub(crate) fn pipeline(dir: &std::path::Path, warehouse: Arc<dyn Warehouse>) -> Pipeline {
         Pipeline {
-            archive: Arc::new(LocalArchive::new(dir.join("archive"))),
+            archive: Arc::new(LocalArchive::new(dir.join("archive")).unwrap()),
             ledger: Arc::new(SqliteLedger::open(&dir.join("ledger.sqlite3")).unwrap()),
             warehouse,
             slack: Slack::new(&SlackSettings::default(), None).unwrap(),
