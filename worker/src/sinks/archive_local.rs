@@ -13,12 +13,16 @@
 //! "together" is one `syncfs` of the archive's file system ([`Barrier::Syncfs`]): two disk
 //! cache flushes per batch, where an `fsync` per object costs a data write, an inode write
 //! and a flush of its own, each a disk request (on a VM, an exit to the hypervisor), plus
-//! one per folder. See BENCHMARKS.md ("sixth session") for what that measured.
+//! one per folder. See BENCHMARKS.md ("sixth session") for what that measured. A folder
+//! found on another file system (a mount or a symbolic link inside the archive) turns
+//! `syncfs` off for good: one file system's sync would not cover it.
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
 use async_trait::async_trait;
@@ -84,6 +88,9 @@ fn release_is_at_least_5_8(release: &str) -> bool {
 pub struct LocalArchive {
     root: PathBuf,
     writes: SyncSender<Write>,
+    /// Whether the writer still uses [`Barrier::Syncfs`] (it gives it up for good on
+    /// finding a folder on another file system).
+    syncfs: Arc<AtomicBool>,
 }
 
 /// One `put` as the writer thread sees it.
@@ -110,16 +117,32 @@ impl LocalArchive {
     pub fn with_barrier(root: impl Into<PathBuf>, barrier: Barrier) -> std::io::Result<Self> {
         let root = root.into();
         let (writes, waiting) = sync_channel(BACKLOG);
+        let syncfs = Arc::new(AtomicBool::new(barrier == Barrier::Syncfs));
         let mut writer = Writer {
             root: root.clone(),
             barrier,
+            syncfs: Arc::clone(&syncfs),
             root_handle: None,
             folders: HashSet::new(),
         };
         std::thread::Builder::new()
             .name("archive-writer".into())
             .spawn(move || writer.run(&waiting))?;
-        Ok(Self { root, writes })
+        Ok(Self {
+            root,
+            writes,
+            syncfs,
+        })
+    }
+
+    /// The barrier the writer uses now.
+    #[must_use]
+    pub fn barrier(&self) -> Barrier {
+        if self.syncfs.load(Ordering::Relaxed) {
+            Barrier::Syncfs
+        } else {
+            Barrier::Fsync
+        }
     }
 
     fn path(&self, object: &str) -> PathBuf {
@@ -131,6 +154,8 @@ impl LocalArchive {
 struct Writer {
     root: PathBuf,
     barrier: Barrier,
+    /// Shared with the handles: see [`LocalArchive::barrier`].
+    syncfs: Arc<AtomicBool>,
     /// The root folder, opened for `syncfs` once it exists.
     root_handle: Option<File>,
     /// Folders known to exist, so that a write does not ask the file system each time.
@@ -234,6 +259,17 @@ impl Writer {
                 changed.insert(parent.to_path_buf());
             }
         }
+        if self.barrier == Barrier::Syncfs && !same_file_system(&self.root, folder)? {
+            // A mount or a symbolic link inside the archive: one `syncfs` of the root's
+            // file system would not cover this folder. This batch's barriers come after
+            // every write is staged, so the switch covers the write that found it.
+            tracing::warn!(
+                folder = %folder.display(),
+                "part of the archive is on another file system: syncing each file from now on"
+            );
+            self.barrier = Barrier::Fsync;
+            self.syncfs.store(false, Ordering::Relaxed);
+        }
         self.folders.insert(folder.to_path_buf());
         Ok(())
     }
@@ -286,6 +322,17 @@ fn sync_in_parallel(files: &[&File]) -> std::io::Result<()> {
             .into_iter()
             .try_for_each(|t| t.join().expect("fsync threads do not panic"))
     })
+}
+
+#[cfg(unix)]
+fn same_file_system(a: &Path, b: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt as _;
+    Ok(std::fs::metadata(a)?.dev() == std::fs::metadata(b)?.dev())
+}
+
+#[cfg(not(unix))]
+fn same_file_system(_: &Path, _: &Path) -> std::io::Result<bool> {
+    unreachable!("Barrier::for_this_system picks Syncfs on Linux only")
 }
 
 fn folder_of(path: &Path) -> &Path {
@@ -479,6 +526,38 @@ mod tests {
             );
             assert_eq!(&archive.get("gh/day/two").await.unwrap()[..], b"two");
         }
+    }
+
+    /// A folder on another file system (here a symbolic link to tmpfs) is not covered by
+    /// one `syncfs` of the root's: the writer switches to `fsync`s, and writes land.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_folder_on_another_file_system_turns_syncfs_off() {
+        let shm = Path::new("/dev/shm");
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir_in(shm).expect("/dev/shm (tmpfs) is writable");
+        assert!(
+            !same_file_system(dir.path(), elsewhere.path()).unwrap(),
+            "the test needs {} and /dev/shm on different file systems",
+            dir.path().display()
+        );
+        let archive = LocalArchive::with_barrier(dir.path(), Barrier::Syncfs).unwrap();
+        archive.put("gh/day/one", &envelope(b"one")).await.unwrap();
+        assert_eq!(archive.barrier(), Barrier::Syncfs);
+        std::os::unix::fs::symlink(elsewhere.path(), dir.path().join("slack")).unwrap();
+        assert_eq!(
+            archive
+                .put("slack/day/two", &envelope(b"two"))
+                .await
+                .unwrap(),
+            Outcome::Written
+        );
+        assert_eq!(archive.barrier(), Barrier::Fsync);
+        assert_eq!(&archive.get("slack/day/two").await.unwrap()[..], b"two");
+        assert_eq!(
+            std::fs::read(elsewhere.path().join("day/two")).unwrap(),
+            b"two"
+        );
     }
 
     #[test]
