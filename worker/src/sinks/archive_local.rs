@@ -117,10 +117,12 @@ impl LocalArchive {
     pub fn with_barrier(root: impl Into<PathBuf>, barrier: Barrier) -> std::io::Result<Self> {
         let root = root.into();
         let (writes, waiting) = sync_channel(BACKLOG);
-        let syncfs = Arc::new(AtomicBool::new(barrier == Barrier::Syncfs));
+        // `syncfs` exists on Linux only; asked for elsewhere, `Fsync` serves.
+        let syncfs = Arc::new(AtomicBool::new(
+            barrier == Barrier::Syncfs && cfg!(target_os = "linux"),
+        ));
         let mut writer = Writer {
             root: root.clone(),
-            barrier,
             syncfs: Arc::clone(&syncfs),
             root_handle: None,
             folders: HashSet::new(),
@@ -138,11 +140,7 @@ impl LocalArchive {
     /// The barrier the writer uses now.
     #[must_use]
     pub fn barrier(&self) -> Barrier {
-        if self.syncfs.load(Ordering::Relaxed) {
-            Barrier::Syncfs
-        } else {
-            Barrier::Fsync
-        }
+        barrier_of(&self.syncfs)
     }
 
     fn path(&self, object: &str) -> PathBuf {
@@ -153,8 +151,8 @@ impl LocalArchive {
 /// The writer thread's state; it ends when the last [`LocalArchive`] handle is dropped.
 struct Writer {
     root: PathBuf,
-    barrier: Barrier,
-    /// Shared with the handles: see [`LocalArchive::barrier`].
+    /// The barrier in use (set: `Syncfs`), shared with the handles: see
+    /// [`LocalArchive::barrier`].
     syncfs: Arc<AtomicBool>,
     /// The root folder, opened for `syncfs` once it exists.
     root_handle: Option<File>,
@@ -232,14 +230,13 @@ impl Writer {
         if !self.folders.contains(folder) {
             self.create_folder(folder, changed)?;
         }
-        let mut tmp = match tempfile::Builder::new().prefix(".tmp-").tempfile_in(folder) {
+        let temporary = |folder| tempfile::Builder::new().prefix(".tmp-").tempfile_in(folder);
+        let mut tmp = match temporary(folder) {
             // Deleted since we created it: once more from scratch.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.folders.clear();
                 self.create_folder(folder, changed)?;
-                tempfile::Builder::new()
-                    .prefix(".tmp-")
-                    .tempfile_in(folder)?
+                temporary(folder)?
             }
             other => other?,
         };
@@ -259,7 +256,7 @@ impl Writer {
                 changed.insert(parent.to_path_buf());
             }
         }
-        if self.barrier == Barrier::Syncfs && !same_file_system(&self.root, folder)? {
+        if barrier_of(&self.syncfs) == Barrier::Syncfs && !same_file_system(&self.root, folder)? {
             // A mount or a symbolic link inside the archive: one `syncfs` of the root's
             // file system would not cover this folder. This batch's barriers come after
             // every write is staged, so the switch covers the write that found it.
@@ -267,7 +264,6 @@ impl Writer {
                 folder = %folder.display(),
                 "part of the archive is on another file system: syncing each file from now on"
             );
-            self.barrier = Barrier::Fsync;
             self.syncfs.store(false, Ordering::Relaxed);
         }
         self.folders.insert(folder.to_path_buf());
@@ -280,7 +276,7 @@ impl Writer {
         files: &[&File],
         folders: &BTreeSet<PathBuf>,
     ) -> std::io::Result<()> {
-        match self.barrier {
+        match barrier_of(&self.syncfs) {
             Barrier::Syncfs => self.syncfs(),
             Barrier::Fsync => {
                 let folders: Vec<File> =
@@ -333,6 +329,14 @@ fn same_file_system(a: &Path, b: &Path) -> std::io::Result<bool> {
 #[cfg(not(unix))]
 fn same_file_system(_: &Path, _: &Path) -> std::io::Result<bool> {
     unreachable!("Barrier::for_this_system picks Syncfs on Linux only")
+}
+
+fn barrier_of(syncfs: &AtomicBool) -> Barrier {
+    if syncfs.load(Ordering::Relaxed) {
+        Barrier::Syncfs
+    } else {
+        Barrier::Fsync
+    }
 }
 
 fn folder_of(path: &Path) -> &Path {
