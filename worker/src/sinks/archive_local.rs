@@ -91,7 +91,14 @@ pub struct LocalArchive {
     /// Whether the writer still uses [`Barrier::Syncfs`] (it gives it up for good on
     /// finding a folder on another file system).
     syncfs: Arc<AtomicBool>,
+    #[cfg(test)]
+    barrier_faults: BarrierFaults,
 }
+
+/// Tests only: whether each of the next barriers fails (`true`) or runs (`false`), in
+/// order; no real sync failure can be provoked on demand.
+#[cfg(test)]
+type BarrierFaults = Arc<std::sync::Mutex<std::collections::VecDeque<bool>>>;
 
 /// One `put` as the writer thread sees it.
 struct Write {
@@ -121,11 +128,15 @@ impl LocalArchive {
         let syncfs = Arc::new(AtomicBool::new(
             barrier == Barrier::Syncfs && cfg!(target_os = "linux"),
         ));
+        #[cfg(test)]
+        let barrier_faults = BarrierFaults::default();
         let mut writer = Writer {
             root: root.clone(),
             syncfs: Arc::clone(&syncfs),
             root_handle: None,
             folders: HashSet::new(),
+            #[cfg(test)]
+            barrier_faults: Arc::clone(&barrier_faults),
         };
         std::thread::Builder::new()
             .name("archive-writer".into())
@@ -134,6 +145,8 @@ impl LocalArchive {
             root,
             writes,
             syncfs,
+            #[cfg(test)]
+            barrier_faults,
         })
     }
 
@@ -158,6 +171,8 @@ struct Writer {
     root_handle: Option<File>,
     /// Folders known to exist, so that a write does not ask the file system each time.
     folders: HashSet<PathBuf>,
+    #[cfg(test)]
+    barrier_faults: BarrierFaults,
 }
 
 /// A write whose temporary file is written, waiting for the batch's barriers.
@@ -276,6 +291,10 @@ impl Writer {
         files: &[&File],
         folders: &BTreeSet<PathBuf>,
     ) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self.barrier_faults.lock().unwrap().pop_front() == Some(true) {
+            return Err(std::io::Error::other("injected barrier failure"));
+        }
         match barrier_of(&self.syncfs) {
             Barrier::Syncfs => self.syncfs(),
             Barrier::Fsync => {
@@ -562,6 +581,61 @@ mod tests {
             std::fs::read(elsewhere.path().join("day/two")).unwrap(),
             b"two"
         );
+    }
+
+    /// The barrier over the temporary files fails: every write of the batch fails
+    /// transiently and leaves nothing behind, and its retry is written.
+    #[tokio::test]
+    async fn a_failed_first_barrier_fails_every_write_of_its_batch() {
+        for barrier in barriers() {
+            let dir = tempfile::tempdir().unwrap();
+            let archive = LocalArchive::with_barrier(dir.path(), barrier).unwrap();
+            // Every barrier fails while the three writes are under way, whichever batches
+            // they fall into.
+            archive.barrier_faults.lock().unwrap().extend([true; 3]);
+            let (one, two, three) = (envelope(b"one"), envelope(b"two"), envelope(b"three"));
+            let results = tokio::join!(
+                archive.put("gh/day/one", &one),
+                archive.put("gh/day/two", &two),
+                archive.put("gh/other/three", &three),
+            );
+            for result in [results.0, results.1, results.2] {
+                let err = result.unwrap_err();
+                assert!(err.is_transient(), "{barrier:?}: {err:?}");
+                assert!(err.to_string().contains("archive write failed"), "{err}");
+            }
+            assert_eq!(files_under(dir.path()), BTreeSet::new(), "{barrier:?}");
+            archive.barrier_faults.lock().unwrap().clear();
+            assert_eq!(
+                archive.put("gh/day/one", &one).await.unwrap(),
+                Outcome::Written,
+                "{barrier:?}"
+            );
+            assert_eq!(&archive.get("gh/day/one").await.unwrap()[..], b"one");
+        }
+    }
+
+    /// The barrier over the new names fails: the write is reported failed although its
+    /// object is linked; the retry finds it (`AlreadyDone`) and its own barrier makes the
+    /// name durable. The object is the first write's, whole.
+    #[tokio::test]
+    async fn a_failed_second_barrier_fails_the_write_and_its_retry_finds_the_object() {
+        for barrier in barriers() {
+            let dir = tempfile::tempdir().unwrap();
+            let archive = LocalArchive::with_barrier(dir.path(), barrier).unwrap();
+            archive.barrier_faults.lock().unwrap().extend([false, true]);
+            let obj = "gh/day/one";
+            let err = archive.put(obj, &envelope(b"first")).await.unwrap_err();
+            assert!(err.is_transient(), "{barrier:?}: {err:?}");
+            assert!(archive.barrier_faults.lock().unwrap().is_empty());
+            assert_eq!(
+                archive.put(obj, &envelope(b"retried")).await.unwrap(),
+                Outcome::AlreadyDone,
+                "{barrier:?}"
+            );
+            assert_eq!(&archive.get(obj).await.unwrap()[..], b"first");
+            assert_eq!(files_under(dir.path()), BTreeSet::from([obj.to_owned()]));
+        }
     }
 
     #[test]
