@@ -3,7 +3,8 @@
 //! A write is create-only and atomic: the body goes to a temporary file in the object's
 //! folder, which is made durable, then hard-linked to its final name, which is made durable
 //! before the write is answered. `link` fails if the name exists, which is exactly "already
-//! archived" — a crash can leave a stray temporary file, never a torn or overwritten object.
+//! archived" — a crash (or a temporary name that cannot be removed) can leave a stray
+//! temporary file, never a torn or overwritten object.
 //! Every I/O error is transient: a full disk or a folder made unwritable recovers, and the
 //! queue's dead-letter policy bounds the retries.
 //!
@@ -32,7 +33,7 @@ use hookline_shared::sink::{Archive, Outcome, SinkError};
 use tokio::sync::oneshot;
 
 /// Writes waiting for the writer thread at most; more are refused (transiently) rather than
-/// queued without bound. The worker has at most `worker.max_in_flight` messages at once.
+/// queued without bound. The worker has at most `worker.concurrency` messages at once.
 const BACKLOG: usize = 4096;
 
 /// Threads one [`Barrier::Fsync`] barrier spreads its `fsync`s over.
@@ -92,13 +93,19 @@ pub struct LocalArchive {
     /// finding a folder on another file system).
     syncfs: Arc<AtomicBool>,
     #[cfg(test)]
-    barrier_faults: BarrierFaults,
+    probe: Arc<std::sync::Mutex<Probe>>,
 }
 
-/// Tests only: whether each of the next barriers fails (`true`) or runs (`false`), in
-/// order; no real sync failure can be provoked on demand.
+/// Tests only: what no test can provoke or see from outside.
 #[cfg(test)]
-type BarrierFaults = Arc<std::sync::Mutex<std::collections::VecDeque<bool>>>;
+#[derive(Debug, Default)]
+struct Probe {
+    /// Whether each of the next barriers fails (`true`) or runs (`false`), in order: no
+    /// real sync failure can be provoked on demand.
+    faults: std::collections::VecDeque<bool>,
+    /// The folders each `Fsync` barrier synced, in order.
+    synced_folders: Vec<BTreeSet<PathBuf>>,
+}
 
 /// One `put` as the writer thread sees it.
 struct Write {
@@ -129,14 +136,14 @@ impl LocalArchive {
             barrier == Barrier::Syncfs && cfg!(target_os = "linux"),
         ));
         #[cfg(test)]
-        let barrier_faults = BarrierFaults::default();
+        let probe = Arc::default();
         let mut writer = Writer {
             root: root.clone(),
             syncfs: Arc::clone(&syncfs),
             root_handle: None,
             folders: HashSet::new(),
             #[cfg(test)]
-            barrier_faults: Arc::clone(&barrier_faults),
+            probe: Arc::clone(&probe),
         };
         std::thread::Builder::new()
             .name("archive-writer".into())
@@ -146,7 +153,7 @@ impl LocalArchive {
             writes,
             syncfs,
             #[cfg(test)]
-            barrier_faults,
+            probe,
         })
     }
 
@@ -169,10 +176,13 @@ struct Writer {
     syncfs: Arc<AtomicBool>,
     /// The root folder, opened for `syncfs` once it exists.
     root_handle: Option<File>,
-    /// Folders known to exist, so that a write does not ask the file system each time.
+    /// Folders known to exist with their entries durable (up to the root's own entry), so
+    /// that a write does not ask the file system each time. A folder goes in only once a
+    /// batch's last barrier has succeeded: until then, a failed barrier, an earlier
+    /// process's crash or an operator may have left its entry unsynced.
     folders: HashSet<PathBuf>,
     #[cfg(test)]
-    barrier_faults: BarrierFaults,
+    probe: Arc<std::sync::Mutex<Probe>>,
 }
 
 /// A write whose temporary file is written, waiting for the batch's barriers.
@@ -191,11 +201,14 @@ impl Writer {
     }
 
     fn write_batch(&mut self, batch: Vec<Write>) {
-        // Folders a new name or a new folder went into: what `Fsync` syncs at the end.
+        // Folders whose entries a new name, a new folder or a folder first seen went into:
+        // what `Fsync` syncs at the end.
         let mut changed = BTreeSet::new();
+        // Folders first seen in this batch: known durable once its last barrier succeeded.
+        let mut seen = HashSet::new();
         let mut staged = Vec::with_capacity(batch.len());
         for write in batch {
-            match self.stage(&write, &mut changed) {
+            match self.stage(&write, &mut seen, &mut changed) {
                 Ok(tmp) => staged.push(Staged { write, tmp }),
                 Err(e) => {
                     let _ = write.done.send(Err(e));
@@ -226,6 +239,9 @@ impl Writer {
             linked.push((write, outcome));
         }
         let result = self.make_durable(&[], &changed);
+        if result.is_ok() {
+            self.folders.extend(seen);
+        }
         for (write, outcome) in linked {
             let _ = write.done.send(match &result {
                 Ok(()) => Ok(outcome),
@@ -235,22 +251,27 @@ impl Writer {
     }
 
     /// Writes `write`'s body to a temporary file in its folder, creating the folder first
-    /// if need be (noting in `changed` every folder that got a new folder).
+    /// if it is not known (noting it in `seen`, and in `changed` every folder whose entries
+    /// lead to it).
     fn stage(
         &mut self,
         write: &Write,
+        seen: &mut HashSet<PathBuf>,
         changed: &mut BTreeSet<PathBuf>,
     ) -> std::io::Result<tempfile::NamedTempFile> {
         let folder = folder_of(&write.path);
-        if !self.folders.contains(folder) {
+        if !self.folders.contains(folder) && !seen.contains(folder) {
             self.create_folder(folder, changed)?;
+            seen.insert(folder.to_path_buf());
         }
         let temporary = |folder| tempfile::Builder::new().prefix(".tmp-").tempfile_in(folder);
         let mut tmp = match temporary(folder) {
             // Deleted since we created it: once more from scratch.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.folders.clear();
+                seen.clear();
                 self.create_folder(folder, changed)?;
+                seen.insert(folder.to_path_buf());
                 temporary(folder)?
             }
             other => other?,
@@ -259,19 +280,22 @@ impl Writer {
         Ok(tmp)
     }
 
+    /// Creates `folder` if it is missing, and notes in `changed` every folder holding an
+    /// entry on the way to it, from the root's own: any of them may be new, or left unsynced
+    /// by a batch whose barrier failed or by a process that died before its barrier.
     fn create_folder(
         &mut self,
         folder: &Path,
         changed: &mut BTreeSet<PathBuf>,
     ) -> std::io::Result<()> {
-        let missing: Vec<&Path> = folder.ancestors().take_while(|f| !f.is_dir()).collect();
         std::fs::create_dir_all(folder)?;
-        for new in missing {
-            if let Some(parent) = new.parent() {
-                changed.insert(parent.to_path_buf());
+        for entry in folder.ancestors() {
+            changed.insert(parent_of(entry).to_path_buf());
+            if entry == self.root {
+                break;
             }
         }
-        if barrier_of(&self.syncfs) == Barrier::Syncfs && !same_file_system(&self.root, folder)? {
+        if barrier_of(&self.syncfs) == Barrier::Syncfs && !self.on_root_file_system(folder)? {
             // A mount or a symbolic link inside the archive: one `syncfs` of the root's
             // file system would not cover this folder. This batch's barriers come after
             // every write is staged, so the switch covers the write that found it.
@@ -281,8 +305,29 @@ impl Writer {
             );
             self.syncfs.store(false, Ordering::Relaxed);
         }
-        self.folders.insert(folder.to_path_buf());
         Ok(())
+    }
+
+    /// The root folder, opened once (it exists once a folder under it was created).
+    fn root_handle(&mut self) -> std::io::Result<&File> {
+        if self.root_handle.is_none() {
+            self.root_handle = Some(File::open(&self.root)?);
+        }
+        Ok(self.root_handle.as_ref().expect("opened above"))
+    }
+
+    /// Whether `folder` is on the file system of the root folder as opened, the one
+    /// `syncfs` syncs (a file system mounted over the root later is not that one).
+    #[cfg(unix)]
+    fn on_root_file_system(&mut self, folder: &Path) -> std::io::Result<bool> {
+        use std::os::unix::fs::MetadataExt as _;
+        let root = self.root_handle()?.metadata()?.dev();
+        Ok(std::fs::metadata(folder)?.dev() == root)
+    }
+
+    #[cfg(not(unix))]
+    fn on_root_file_system(&mut self, _: &Path) -> std::io::Result<bool> {
+        unreachable!("Barrier::for_this_system picks Syncfs on Linux only")
     }
 
     /// Makes `files` and the entries of `folders` durable, by the archive's barrier.
@@ -292,12 +337,18 @@ impl Writer {
         folders: &BTreeSet<PathBuf>,
     ) -> std::io::Result<()> {
         #[cfg(test)]
-        if self.barrier_faults.lock().unwrap().pop_front() == Some(true) {
+        if self.probe.lock().unwrap().faults.pop_front() == Some(true) {
             return Err(std::io::Error::other("injected barrier failure"));
         }
         match barrier_of(&self.syncfs) {
             Barrier::Syncfs => self.syncfs(),
             Barrier::Fsync => {
+                #[cfg(test)]
+                self.probe
+                    .lock()
+                    .unwrap()
+                    .synced_folders
+                    .push(folders.clone());
                 let folders: Vec<File> =
                     folders.iter().map(File::open).collect::<Result<_, _>>()?;
                 let all: Vec<&File> = files.iter().copied().chain(&folders).collect();
@@ -308,11 +359,7 @@ impl Writer {
 
     #[cfg(target_os = "linux")]
     fn syncfs(&mut self) -> std::io::Result<()> {
-        if self.root_handle.is_none() {
-            self.root_handle = Some(File::open(&self.root)?);
-        }
-        let root = self.root_handle.as_ref().expect("opened above");
-        rustix::fs::syncfs(root).map_err(std::io::Error::from)
+        rustix::fs::syncfs(self.root_handle()?).map_err(std::io::Error::from)
     }
 
     #[cfg(not(target_os = "linux"))]
@@ -328,26 +375,22 @@ fn sync_in_parallel(files: &[&File]) -> std::io::Result<()> {
         return Ok(());
     }
     let per_thread = files.len().div_ceil(FSYNC_THREADS);
+    let sync = |chunk: &[&File]| chunk.iter().try_for_each(|f| f.sync_all());
     std::thread::scope(|scope| {
-        let threads: Vec<_> = files
-            .chunks(per_thread)
-            .map(|chunk| scope.spawn(move || chunk.iter().try_for_each(|f| f.sync_all())))
-            .collect();
+        let mut here = Ok(());
+        let mut threads = Vec::new();
+        for chunk in files.chunks(per_thread) {
+            match std::thread::Builder::new().spawn_scoped(scope, move || sync(chunk)) {
+                Ok(thread) => threads.push(thread),
+                // No thread to be had (a process or memory limit): this one does it.
+                Err(_) => here = here.and_then(|()| sync(chunk)),
+            }
+        }
         threads
             .into_iter()
-            .try_for_each(|t| t.join().expect("fsync threads do not panic"))
+            .map(|t| t.join().expect("fsync threads do not panic"))
+            .fold(here, Result::and)
     })
-}
-
-#[cfg(unix)]
-fn same_file_system(a: &Path, b: &Path) -> std::io::Result<bool> {
-    use std::os::unix::fs::MetadataExt as _;
-    Ok(std::fs::metadata(a)?.dev() == std::fs::metadata(b)?.dev())
-}
-
-#[cfg(not(unix))]
-fn same_file_system(_: &Path, _: &Path) -> std::io::Result<bool> {
-    unreachable!("Barrier::for_this_system picks Syncfs on Linux only")
 }
 
 fn barrier_of(syncfs: &AtomicBool) -> Barrier {
@@ -360,6 +403,16 @@ fn barrier_of(syncfs: &AtomicBool) -> Barrier {
 
 fn folder_of(path: &Path) -> &Path {
     path.parent().expect("object paths have a folder")
+}
+
+/// The folder holding `path`'s entry: `.` for a relative path's first part (whose
+/// `parent()` is empty, which no call can open), `/` for `/` itself.
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if parent.as_os_str().is_empty() => Path::new("."),
+        Some(parent) => parent,
+        None => path,
+    }
 }
 
 /// `std::io::Error` is not `Clone`; a batch's failed barrier goes to each of its writes.
@@ -560,7 +613,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let elsewhere = tempfile::tempdir_in(shm).expect("/dev/shm (tmpfs) is writable");
         assert!(
-            !same_file_system(dir.path(), elsewhere.path()).unwrap(),
+            {
+                use std::os::unix::fs::MetadataExt as _;
+                let dev = |p: &Path| std::fs::metadata(p).unwrap().dev();
+                dev(dir.path()) != dev(elsewhere.path())
+            },
             "the test needs {} and /dev/shm on different file systems",
             dir.path().display()
         );
@@ -592,7 +649,7 @@ mod tests {
             let archive = LocalArchive::with_barrier(dir.path(), barrier).unwrap();
             // Every barrier fails while the three writes are under way, whichever batches
             // they fall into.
-            archive.barrier_faults.lock().unwrap().extend([true; 3]);
+            archive.probe.lock().unwrap().faults.extend([true; 3]);
             let (one, two, three) = (envelope(b"one"), envelope(b"two"), envelope(b"three"));
             let results = tokio::join!(
                 archive.put("gh/day/one", &one),
@@ -605,7 +662,7 @@ mod tests {
                 assert!(err.to_string().contains("archive write failed"), "{err}");
             }
             assert_eq!(files_under(dir.path()), BTreeSet::new(), "{barrier:?}");
-            archive.barrier_faults.lock().unwrap().clear();
+            archive.probe.lock().unwrap().faults.clear();
             assert_eq!(
                 archive.put("gh/day/one", &one).await.unwrap(),
                 Outcome::Written,
@@ -617,25 +674,66 @@ mod tests {
 
     /// The barrier over the new names fails: the write is reported failed although its
     /// object is linked; the retry finds it (`AlreadyDone`) and its own barrier makes the
-    /// name durable. The object is the first write's, whole.
+    /// name durable, and (with `Fsync`) every folder entry on the way to it, which the
+    /// failed batch created and never synced. The object is the first write's, whole.
     #[tokio::test]
-    async fn a_failed_second_barrier_fails_the_write_and_its_retry_finds_the_object() {
+    async fn a_failed_second_barrier_fails_the_write_and_its_retry_syncs_what_it_left() {
         for barrier in barriers() {
             let dir = tempfile::tempdir().unwrap();
-            let archive = LocalArchive::with_barrier(dir.path(), barrier).unwrap();
-            archive.barrier_faults.lock().unwrap().extend([false, true]);
+            let root = dir.path().join("archive");
+            let archive = LocalArchive::with_barrier(&root, barrier).unwrap();
+            archive.probe.lock().unwrap().faults.extend([false, true]);
             let obj = "gh/day/one";
             let err = archive.put(obj, &envelope(b"first")).await.unwrap_err();
             assert!(err.is_transient(), "{barrier:?}: {err:?}");
-            assert!(archive.barrier_faults.lock().unwrap().is_empty());
+            {
+                let mut probe = archive.probe.lock().unwrap();
+                assert!(probe.faults.is_empty());
+                probe.synced_folders.clear();
+            }
             assert_eq!(
                 archive.put(obj, &envelope(b"retried")).await.unwrap(),
                 Outcome::AlreadyDone,
                 "{barrier:?}"
             );
             assert_eq!(&archive.get(obj).await.unwrap()[..], b"first");
-            assert_eq!(files_under(dir.path()), BTreeSet::from([obj.to_owned()]));
+            assert_eq!(files_under(&root), BTreeSet::from([obj.to_owned()]));
+            if barrier == Barrier::Fsync {
+                let every_entry_on_the_way = BTreeSet::from([
+                    dir.path().to_path_buf(),
+                    root.clone(),
+                    root.join("gh"),
+                    root.join("gh/day"),
+                ]);
+                assert_eq!(
+                    archive.probe.lock().unwrap().synced_folders,
+                    vec![BTreeSet::new(), every_entry_on_the_way]
+                );
+            }
         }
+    }
+
+    /// Once a batch's barriers succeeded, its folders are known durable: the next write
+    /// into one syncs only the folder its name went into.
+    #[tokio::test]
+    async fn a_known_folder_costs_one_folder_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = LocalArchive::with_barrier(dir.path(), Barrier::Fsync).unwrap();
+        archive.put("gh/day/one", &envelope(b"one")).await.unwrap();
+        archive.probe.lock().unwrap().synced_folders.clear();
+        archive.put("gh/day/two", &envelope(b"two")).await.unwrap();
+        assert_eq!(
+            archive.probe.lock().unwrap().synced_folders,
+            vec![BTreeSet::new(), BTreeSet::from([dir.path().join("gh/day")])]
+        );
+    }
+
+    #[test]
+    fn a_relative_paths_first_part_is_in_the_current_folder() {
+        assert_eq!(parent_of(Path::new("data")), Path::new("."));
+        assert_eq!(parent_of(Path::new("data/archive")), Path::new("data"));
+        assert_eq!(parent_of(Path::new("/srv")), Path::new("/"));
+        assert_eq!(parent_of(Path::new("/")), Path::new("/"));
     }
 
     #[test]
