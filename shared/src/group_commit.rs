@@ -207,15 +207,23 @@ fn writer_loop(
             continue;
         }
         let mut finishers = Vec::with_capacity(batch.len());
+        let mut ended = None;
         for job in batch {
-            finishers.push(job(Ok(conn)));
+            // A job's failure that rolled the whole transaction back (a full disk, an I/O
+            // error) leaves the connection outside any transaction. The jobs after it must
+            // not run there: each savepoint's release would commit on its own, past the
+            // upkeep that comes before every commit.
+            if ended.is_none() && conn.is_autocommit() {
+                ended = Some(rolled_back());
+            }
+            finishers.push(match &ended {
+                Some(e) => job(Err(e)),
+                None => job(Ok(conn)),
+            });
         }
-        let outcome = if conn.is_autocommit() {
-            // A job's failure rolled the whole transaction back: nothing of this batch stands.
-            Err(rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
-                Some("the transaction was rolled back by a failed write".into()),
-            ))
+        let outcome = if let Some(e) = ended.or_else(|| conn.is_autocommit().then(rolled_back)) {
+            // Nothing of this batch stands.
+            Err(e)
         } else {
             upkeep
                 .before_commit()
@@ -232,6 +240,14 @@ fn writer_loop(
             finish(outcome.as_ref().err());
         }
     }
+}
+
+/// Why every job of a batch whose transaction a failed job rolled back fails.
+fn rolled_back() -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+        Some("the transaction was rolled back by a failed write".into()),
+    )
 }
 
 /// An I/O failure on a writer thread (not SQLite's own), as the SQLite error its jobs fail
@@ -364,12 +380,20 @@ mod tests {
             let w = w.clone();
             async move { w.run(|c| c.execute_batch("ROLLBACK")).await }
         });
+        // Queued after the rogue job, in the same batch: it must not run outside a
+        // transaction, where its savepoint's release would commit it on its own, past the
+        // upkeep that comes before every commit.
+        let after = tokio::spawn({
+            let w = w.clone();
+            async move { w.run(insert("b")).await }
+        });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         release.send(()).unwrap();
         held.await.unwrap();
         // The good job's insert was rolled back with the rest: it must not report success.
         assert!(good.await.unwrap().is_err());
         assert!(rogue.await.unwrap().is_err());
+        assert!(after.await.unwrap().is_err());
         assert!(keys(&w).await.is_empty());
         // The writer carries on.
         w.run(insert("c")).await.unwrap();
