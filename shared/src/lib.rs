@@ -15,6 +15,7 @@
 pub mod archive_name;
 pub mod config;
 pub mod envelope;
+pub mod folders;
 pub mod group_commit;
 pub mod metrics;
 pub mod provision;

@@ -22,7 +22,7 @@
 //! cannot ack a message another consumer is now working on. A row whose attempts reached the
 //! maximum moves to the dead-letter topic instead of being leased again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -39,6 +39,7 @@ use tokio::sync::oneshot;
 use super::{Acker, DeadLetter, Delivery, Publisher, QueueError, Subscriber, redelivery_backoff};
 use crate::config::EmbeddedQueueSettings;
 use crate::envelope::Envelope;
+use crate::folders;
 use crate::group_commit::{CommitError, GroupCommit, Upkeep, io_error};
 
 mod bodies;
@@ -198,9 +199,13 @@ impl EmbeddedQueue {
         poll_interval: Duration,
     ) -> Result<Self, QueueError> {
         let path = settings.path.clone();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(QueueError::unavailable)?;
-        }
+        let folder = folders::parent_of(&path);
+        let created: Vec<PathBuf> = folder
+            .ancestors()
+            .take_while(|f| !f.as_os_str().is_empty() && !f.is_dir())
+            .map(Path::to_path_buf)
+            .collect();
+        std::fs::create_dir_all(folder).map_err(QueueError::unavailable)?;
         let writer_conn = open_connection(&path).map_err(QueueError::unavailable)?;
         let consumer = open_connection(&path).map_err(QueueError::unavailable)?;
         // Checkpoints run on their own thread, not inside a commit: a commit that has to copy
@@ -221,6 +226,22 @@ impl EmbeddedQueue {
                 bodies.display()
             ))
         })?;
+        // The queue's folder holds the entries of the queue file, its WAL and the segments'
+        // folder; its parent holds its own; each folder made above, its parent's. Synced at
+        // every start (a few ms): an earlier start may have died before syncing them, and
+        // SQLite syncs the folder only for its WAL.
+        let entries: BTreeSet<&Path> = [folder, folders::parent_of(folder)]
+            .into_iter()
+            .chain(created.iter().map(|f| folders::parent_of(f)))
+            .collect();
+        for entries_of in entries {
+            folders::sync(entries_of).map_err(|e| {
+                QueueError::unavailable(format!(
+                    "cannot make the entries of {} durable: {e}",
+                    entries_of.display()
+                ))
+            })?;
+        }
         let body_writer = Arc::new(Mutex::new(BodyWriter::new(
             bodies.to_path_buf(),
             settings.segment_bytes,

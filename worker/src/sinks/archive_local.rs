@@ -29,6 +29,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use async_trait::async_trait;
 use bytes::Bytes;
 use hookline_shared::envelope::Envelope;
+use hookline_shared::folders::parent_of;
 use hookline_shared::sink::{Archive, Outcome, SinkError};
 use tokio::sync::oneshot;
 
@@ -405,16 +406,6 @@ fn folder_of(path: &Path) -> &Path {
     path.parent().expect("object paths have a folder")
 }
 
-/// The folder holding `path`'s entry: `.` for a relative path's first part (whose
-/// `parent()` is empty, which no call can open), `/` for `/` itself.
-fn parent_of(path: &Path) -> &Path {
-    match path.parent() {
-        Some(parent) if parent.as_os_str().is_empty() => Path::new("."),
-        Some(parent) => parent,
-        None => path,
-    }
-}
-
 /// `std::io::Error` is not `Clone`; a batch's failed barrier goes to each of its writes.
 fn copy(e: &std::io::Error) -> std::io::Error {
     std::io::Error::new(e.kind(), e.to_string())
@@ -726,14 +717,6 @@ mod tests {
             archive.probe.lock().unwrap().synced_folders,
             vec![BTreeSet::new(), BTreeSet::from([dir.path().join("gh/day")])]
         );
-    }
-
-    #[test]
-    fn a_relative_paths_first_part_is_in_the_current_folder() {
-        assert_eq!(parent_of(Path::new("data")), Path::new("."));
-        assert_eq!(parent_of(Path::new("data/archive")), Path::new("data"));
-        assert_eq!(parent_of(Path::new("/srv")), Path::new("/"));
-        assert_eq!(parent_of(Path::new("/")), Path::new("/"));
     }
 
     #[test]

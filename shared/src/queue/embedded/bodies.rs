@@ -28,6 +28,8 @@ use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, params};
 
+use crate::folders;
+
 /// Suffix of a segment in use or done with; only these are ever collected.
 const SEGMENT: &str = "seg";
 /// Suffix of a segment being created (before it is locked and renamed).
@@ -50,10 +52,7 @@ pub(super) fn create_folder(dir: &Path) -> io::Result<()> {
         return Ok(());
     }
     std::fs::create_dir_all(dir)?;
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        File::open(parent)?.sync_all()?;
-    }
-    Ok(())
+    folders::sync(folders::parent_of(dir))
 }
 
 /// Whether a read error means the body is not there (its segment deleted or shorter than

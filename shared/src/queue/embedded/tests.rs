@@ -641,3 +641,24 @@ async fn collection_racing_publishes_and_acks_never_loses_a_body() {
     assert_eq!(left.len(), 1, "{left:?}");
     drop(ingest);
 }
+
+/// A queue file in folders that do not exist yet: they are made (and their entries synced)
+/// at open, and a folder that cannot be made fails the open with the reason.
+#[tokio::test]
+async fn opens_in_folders_it_makes_and_reports_one_it_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    let nested = dir.path().join("a/b");
+    let q = EmbeddedQueue::open(&settings(&nested), Duration::from_millis(5)).unwrap();
+    q.publish(&envelope("d1")).await.unwrap();
+    let got = q.subscriber().pull(10, WAIT).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert!(nested.join("q.sqlite3").is_file());
+
+    std::fs::write(dir.path().join("taken"), b"a file").unwrap();
+    let err = EmbeddedQueue::open(
+        &settings(&dir.path().join("taken/c")),
+        Duration::from_millis(5),
+    )
+    .unwrap_err();
+    assert!(matches!(err, QueueError::Unavailable(_)), "{err:?}");
+}
