@@ -701,9 +701,19 @@ impl EmbeddedSubscription {
                     Some(Err(e)) if bodies::is_gone(&e) => {
                         unreadable(tx, &row, lease, &e, dead_letter_topic)?;
                     }
-                    // Anything else (no file descriptors left, an I/O error that may pass)
-                    // fails the pull, and with it the lease: the message stays as it was.
-                    Some(Err(e)) => return Err(io_error("cannot read a message body", &e)),
+                    // Anything else (no file descriptors left, an I/O error that may pass):
+                    // this message stays leased, the attempt counted, and comes back at its
+                    // deadline like any message not acked; after its last attempt it moves
+                    // to the dead-letter topic. Failing the whole pull instead would hold
+                    // back every message behind it for as long as the error lasts, without
+                    // ever counting an attempt.
+                    Some(Err(e)) => tracing::warn!(
+                        message_id = row.id,
+                        segment = row.at.as_ref().map(|at| &*at.segment),
+                        attempt = row.attempts,
+                        error = %e,
+                        "message body not read; tried again at its deadline"
+                    ),
                 }
             }
             Ok((lease, leased))

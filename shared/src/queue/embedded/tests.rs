@@ -537,6 +537,61 @@ async fn a_message_whose_body_is_gone_is_dead_lettered_with_the_reason() {
     assert_eq!(q.depth(DEAD_LETTER_TOPIC).await.unwrap(), (0, 1));
 }
 
+/// A body that cannot be read for a reason that may pass (here its segment replaced by a
+/// folder: "is a directory") holds back neither the messages behind it nor itself for
+/// ever: each pull counts an attempt, and after the last the message is dead-lettered.
+#[tokio::test]
+async fn a_body_that_cannot_be_read_costs_attempts_then_is_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = EmbeddedQueueSettings {
+        segment_bytes: 1,
+        max_delivery_attempts: 2,
+        ..settings(dir.path())
+    };
+    let q = EmbeddedQueue::open(&s, Duration::from_millis(5)).unwrap();
+    q.publish(&envelope("stuck")).await.unwrap();
+    q.publish(&envelope("behind")).await.unwrap();
+    let first = bodies::folder(&s.path).join(segments(&s).remove(0));
+    std::fs::remove_file(&first).unwrap();
+    std::fs::create_dir(&first).unwrap();
+
+    let sub = q.subscriber();
+    let got = sub.pull(10, WAIT).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].attributes[attr::DELIVERY_ID], "behind");
+    for d in got {
+        d.acker.ack().await.unwrap();
+    }
+    // Leased (attempt 1) until its deadline; then attempt 2 fails too; then it moves on.
+    assert_eq!(q.depth(MAIN_TOPIC).await.unwrap(), (0, 1));
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
+    while q.depth(DEAD_LETTER_TOPIC).await.unwrap() == (0, 0) {
+        assert!(tokio::time::Instant::now() < give_up, "never dead-lettered");
+        assert!(
+            sub.pull(10, Duration::from_millis(100))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+    assert_eq!(q.depth(MAIN_TOPIC).await.unwrap(), (0, 0));
+    let attributes: String = Connection::open(&s.path)
+        .unwrap()
+        .query_row(
+            "SELECT attributes FROM messages WHERE topic = ?1",
+            [DEAD_LETTER_TOPIC],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let attributes: BTreeMap<String, String> = serde_json::from_str(&attributes).unwrap();
+    assert_eq!(attributes[attr::DELIVERY_ID], "stuck");
+    assert_eq!(
+        attributes[attr::DEAD_LETTER_REASON],
+        "max_delivery_attempts"
+    );
+    assert_eq!(attributes[attr::DEAD_LETTER_ATTEMPTS], "2");
+}
+
 #[test]
 fn a_queue_whose_segments_folder_cannot_be_made_does_not_open() {
     let dir = tempfile::tempdir().unwrap();
