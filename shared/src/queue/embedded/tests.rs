@@ -498,6 +498,19 @@ async fn a_queue_file_from_before_segments_keeps_its_inline_bodies() {
     assert_eq!(bodies, [old, new]);
 }
 
+/// The attributes of the one message on the dead-letter topic, read from the file.
+fn dead_letter_attributes(s: &EmbeddedQueueSettings) -> BTreeMap<String, String> {
+    let attributes: String = Connection::open(&s.path)
+        .unwrap()
+        .query_row(
+            "SELECT attributes FROM messages WHERE topic = ?1",
+            [DEAD_LETTER_TOPIC],
+            |r| r.get(0),
+        )
+        .unwrap();
+    serde_json::from_str(&attributes).unwrap()
+}
+
 #[tokio::test]
 async fn a_message_whose_body_is_gone_is_dead_lettered_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
@@ -511,15 +524,7 @@ async fn a_message_whose_body_is_gone_is_dead_lettered_with_the_reason() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].attributes[attr::DELIVERY_ID], "kept");
     assert_eq!(q.depth(DEAD_LETTER_TOPIC).await.unwrap(), (1, 0));
-    let attributes: String = Connection::open(&s.path)
-        .unwrap()
-        .query_row(
-            "SELECT attributes FROM messages WHERE topic = ?1",
-            [DEAD_LETTER_TOPIC],
-            |r| r.get(0),
-        )
-        .unwrap();
-    let attributes: BTreeMap<String, String> = serde_json::from_str(&attributes).unwrap();
+    let attributes = dead_letter_attributes(&s);
     assert_eq!(attributes[attr::DELIVERY_ID], "lost");
     assert_eq!(attributes[attr::DEAD_LETTER_SINK], "queue");
     assert!(
@@ -575,15 +580,7 @@ async fn a_body_that_cannot_be_read_costs_attempts_then_is_dead_lettered() {
         );
     }
     assert_eq!(q.depth(MAIN_TOPIC).await.unwrap(), (0, 0));
-    let attributes: String = Connection::open(&s.path)
-        .unwrap()
-        .query_row(
-            "SELECT attributes FROM messages WHERE topic = ?1",
-            [DEAD_LETTER_TOPIC],
-            |r| r.get(0),
-        )
-        .unwrap();
-    let attributes: BTreeMap<String, String> = serde_json::from_str(&attributes).unwrap();
+    let attributes = dead_letter_attributes(&s);
     assert_eq!(attributes[attr::DELIVERY_ID], "stuck");
     assert_eq!(
         attributes[attr::DEAD_LETTER_REASON],
