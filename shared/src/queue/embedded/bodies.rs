@@ -84,6 +84,10 @@ pub(super) struct BodyWriter {
     /// The active segment reached `segment_bytes` at the last sync: let go of it (and its
     /// lock) at the next append, once the rows pointing into it have committed.
     full: bool,
+    /// Tests only: the next sync fails after its write, as an `fdatasync` that reports a
+    /// writeback error (no real one can be provoked on demand).
+    #[cfg(test)]
+    fail_next_sync: bool,
 }
 
 #[derive(Debug)]
@@ -104,7 +108,15 @@ impl BodyWriter {
             active: None,
             pending: Vec::new(),
             full: false,
+            #[cfg(test)]
+            fail_next_sync: false,
         }
+    }
+
+    /// Tests only: see [`BodyWriter::fail_next_sync`].
+    #[cfg(test)]
+    pub fn fail_next_sync(&mut self) {
+        self.fail_next_sync = true;
     }
 
     /// Adds `body` to the pending bytes of the active segment (starting one if needed).
@@ -142,10 +154,13 @@ impl BodyWriter {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let written = active
-            .file
-            .write_all(&self.pending)
-            .and_then(|()| active.file.sync_data());
+        let written = active.file.write_all(&self.pending).and_then(|()| {
+            #[cfg(test)]
+            if std::mem::take(&mut self.fail_next_sync) {
+                return Err(io::Error::other("injected fdatasync failure"));
+            }
+            active.file.sync_data()
+        });
         self.pending.clear();
         match written {
             Ok(()) => {

@@ -498,6 +498,34 @@ async fn a_queue_file_from_before_segments_keeps_its_inline_bodies() {
     assert_eq!(bodies, [old, new]);
 }
 
+/// The bodies' sync fails (a writeback error): that publish fails, its segment is given
+/// up (what it holds past the last good sync is not known), the next publish starts
+/// another, and the message synced before it is still delivered whole from the old one.
+#[tokio::test]
+async fn a_failed_body_sync_fails_its_publish_and_the_next_one_starts_a_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(dir.path());
+    let q = EmbeddedQueue::open(&s, Duration::from_millis(5)).unwrap();
+    let (before, failed, after) = (envelope("before"), envelope("failed"), envelope("after"));
+    q.publish(&before).await.unwrap();
+    assert_eq!(segments(&s).len(), 1);
+    q.body_writer.lock().unwrap().fail_next_sync();
+    let err = q.publish(&failed).await.unwrap_err();
+    assert!(
+        matches!(&err, QueueError::Unavailable(why) if why.to_string().contains("injected")),
+        "{err:?}"
+    );
+    q.publish(&after).await.unwrap();
+    assert_eq!(
+        segments(&s).len(),
+        2,
+        "the given-up segment is kept: a row points into it"
+    );
+    let got = q.subscriber().pull(10, WAIT).await.unwrap();
+    let bodies: Vec<Envelope> = got.iter().map(|d| d.envelope().unwrap()).collect();
+    assert_eq!(bodies, [before, after]);
+}
+
 /// The attributes of the one message on the dead-letter topic, read from the file.
 fn dead_letter_attributes(s: &EmbeddedQueueSettings) -> BTreeMap<String, String> {
     let attributes: String = Connection::open(&s.path)
