@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = Template::parse(v);
     }
     let now = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
-    let secrets = vec![SecretString::from("whsec_c2VjcmV0".to_string())];
+    let secrets = vec![SecretString::from("whsec_YS1zZWNyZXQtb2YtMjQtYnl0ZXMtYWJj".to_string())];
     for p in [
         Provider::Github,
         Provider::Flexport,

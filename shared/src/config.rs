@@ -1063,6 +1063,19 @@ mod tests {
             !err.to_string().contains("not base64!"),
             "secrets never appear in errors"
         );
+        // Base64, but a key anyone could compute signatures with (empty) or guess.
+        for short in ["whsec_", "whsec_AA==", "whsec_c2hvcnQtMTYtYnl0ZXMhIQ=="] {
+            let file =
+                format!("[sources.s]\nprovider = \"standard_webhooks\"\nsecrets = [\"{short}\"]");
+            let err = Settings::from_parts(&file, [])
+                .unwrap()
+                .resolve_sources(|_| None)
+                .unwrap_err();
+            assert!(
+                err.to_string().contains("at least 24 are needed"),
+                "{short}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ const SECRETS: [(&str, &str); 7] = [
     ("sl", "sl-secret-Pw55kR"),
     ("st", "whsec_st-secret-Hy27mN"),
     ("sh", "sh-secret-Lk90tB"),
-    ("sw", "whsec_c3ctc2VjcmV0LVZ1NDRhQw=="),
+    ("sw", "whsec_c3ctc2VjcmV0LVZ1NDRhQy0yNGJ5dGVzIQ=="),
     ("hm", "hm-secret-Ju61cD"),
     ("ss", "ss-secret-Ox38eF"),
 ];

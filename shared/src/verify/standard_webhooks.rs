@@ -20,15 +20,29 @@ const NAMESETS: [[&str; 3]; 2] = [
     ["svix-id", "svix-timestamp", "svix-signature"],
 ];
 
+/// Fewest bytes a signing key may have: the specification's keys are 24 to 64 random bytes.
+/// A shorter one can be guessed (`whsec_` alone decodes to an empty key, whose signatures
+/// anyone can compute).
+pub const MIN_KEY_BYTES: usize = 24;
+
 /// The signing key of a `whsec_...` secret.
 ///
 /// # Errors
-/// The part after `whsec_` is not base64: a configuration mistake, reported at start.
+/// The part after `whsec_` is not base64, or decodes to fewer than [`MIN_KEY_BYTES`]: a
+/// configuration mistake, reported at start (and such a secret never verifies anything).
 pub fn key(secret: &str) -> Result<Vec<u8>, String> {
     let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
-    base64::engine::general_purpose::STANDARD
+    let key = base64::engine::general_purpose::STANDARD
         .decode(encoded)
-        .map_err(|_| "a standard_webhooks secret is `whsec_` followed by base64".to_owned())
+        .map_err(|_| "a standard_webhooks secret is `whsec_` followed by base64".to_owned())?;
+    if key.len() < MIN_KEY_BYTES {
+        return Err(format!(
+            "a standard_webhooks secret's key (the base64 after `whsec_`) is {} bytes; \
+             at least {MIN_KEY_BYTES} are needed (the specification's are 24 to 64)",
+            key.len()
+        ));
+    }
+    Ok(key)
 }
 
 /// The `v1` signatures of a `webhook-signature` header, decoded; others are skipped.

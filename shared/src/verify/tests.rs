@@ -411,7 +411,7 @@ fn sign_produces_what_verify_accepts_for_every_kind_with_rotation() {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let rotated = secrets(&["whsec_b2xkLXNlY3JldA==", secret]);
+        let rotated = secrets(&["whsec_b2xkLXNlY3JldC1vZi0yNC1ieXRlcyEh", secret]);
         let verified = provider.verify(&rotated, headers.as_slice(), body, now);
         assert_eq!(
             verified.map(|v| v.key_index()),
