@@ -15,8 +15,9 @@ use hookline_shared::queue::embedded::{EmbeddedQueue, MAIN_TOPIC};
 use hookline_shared::verify::Provider;
 use tokio::sync::oneshot;
 
-const SECRETS: [(&str, &str); 7] = [
+const SECRETS: [(&str, &str); 8] = [
     ("gh", "gh-secret-Zq81vX"),
+    ("fx", "fx-secret-Nb42qW"),
     ("sl", "sl-secret-Pw55kR"),
     ("st", "whsec_st-secret-Hy27mN"),
     ("sh", "sh-secret-Lk90tB"),
@@ -42,6 +43,9 @@ body_read_timeout_ms = 2000
 path = "{d}/queue.sqlite3"
 [sources.gh]
 provider = "github"
+secrets = ["{}"]
+[sources.fx]
+provider = "flexport"
 secrets = ["{}"]
 [sources.sl]
 provider = "slack"
@@ -71,6 +75,7 @@ header = "X-Token"
 secrets = ["{}"]
 "#,
         s("gh"),
+        s("fx"),
         s("sl"),
         s("st"),
         s("sh"),
@@ -143,6 +148,7 @@ type Headers = Vec<(String, String)>;
 fn signed(source: &str, body: &[u8], at: chrono::DateTime<Utc>) -> Headers {
     let provider = match source {
         "gh" => Provider::Github,
+        "fx" => Provider::Flexport,
         "sl" => Provider::Slack {
             tolerance_secs: 300,
         },
@@ -542,6 +548,48 @@ fn cases() -> Vec<Case> {
             b(30),
             401,
             "bad_signature",
+        ),
+        // Flexport (its `sha1=` prefix is optional: the only preset without one required)
+        case(
+            "flexport: no signature",
+            "/hooks/fx",
+            without(signed("fx", &b(51), now), "X-Hub-Signature"),
+            b(51),
+            401,
+            "missing_signature",
+        ),
+        case(
+            "flexport: wrong secret",
+            "/hooks/fx",
+            {
+                let mut h = Provider::Flexport.sign("not-the-secret", &b(52), now, "d", "e");
+                h.push(("Content-Type".into(), "application/json".into()));
+                h
+            },
+            b(52),
+            401,
+            "bad_signature",
+        ),
+        case(
+            "flexport: signature for another body",
+            "/hooks/fx",
+            signed("fx", &b(153), now),
+            b(53),
+            401,
+            "bad_signature",
+        ),
+        case(
+            "flexport: sha256= prefix on a sha1 signature",
+            "/hooks/fx",
+            {
+                let h = signed("fx", &b(54), now);
+                let sig = get(&h, "X-Hub-Signature");
+                let hex = sig.strip_prefix("sha1=").unwrap_or(&sig).to_owned();
+                set(h, "X-Hub-Signature", &format!("sha256={hex}"))
+            },
+            b(54),
+            401,
+            "malformed_signature",
         ),
         // Shopify
         case(
