@@ -231,6 +231,7 @@ impl Writer {
                 // one below covers it).
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Outcome::AlreadyDone,
                 Err(e) => {
+                    drop(tmp);
                     let _ = write.done.send(Err(e));
                     continue;
                 }
@@ -412,8 +413,10 @@ fn copy(e: &std::io::Error) -> std::io::Error {
 }
 
 fn fail_all(staged: Vec<Staged>, e: &std::io::Error) {
-    for s in staged {
-        let _ = s.write.done.send(Err(copy(e)));
+    for Staged { write, tmp } in staged {
+        // Removed before the answer: whoever gets it may look at the folder at once.
+        drop(tmp);
+        let _ = write.done.send(Err(copy(e)));
     }
 }
 
