@@ -550,17 +550,27 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn poison_payload_for_slack_dead_letters_after_archive_and_row() {
         let dir = tempfile::tempdir().unwrap();
-        let warehouse = SqliteWarehouse::open(&dir.path().join("w.sqlite3")).unwrap();
-        let p = pipeline(dir.path(), Arc::new(warehouse));
+        let warehouse = Arc::new(SqliteWarehouse::open(&dir.path().join("w.sqlite3")).unwrap());
+        let p = pipeline(dir.path(), warehouse.clone());
         let mut e = envelope("poison", "issues");
         e.body = Bytes::from_static(br#"{"action":"opened","issue":{"title":"no url"}}"#);
+        let row = |w: Arc<SqliteWarehouse>, e: Envelope| async move {
+            w.contains(&e.meta.source, &e.meta.delivery_id, e.meta.received_at)
+                .await
+                .unwrap()
+        };
+        assert!(!row(warehouse.clone(), e.clone()).await);
         match p.handle(&e, "m1", 1).await {
             Disposition::DeadLetter(d) => assert_eq!(d.sink, "slack"),
             other => panic!("expected dead letter, got {other:?}"),
         }
-        // The raw body is archived before anything can fail on it.
+        // The raw body is archived, and its row written, before anything can fail on it.
         let object = archive_name::object_name(&e.meta);
         assert_eq!(&p.archive.get(&object).await.unwrap()[..], &e.body[..]);
+        assert!(
+            row(warehouse, e).await,
+            "the row is written before Slack fails"
+        );
     }
 
     fn opened_issue(delivery_id: &str) -> Envelope {

@@ -213,17 +213,21 @@ impl BigQueryWarehouse {
             .query(&self.project, request)
             .await
             .map_err(|e| classify("query", e))?;
+        // A query BigQuery refuses outright fails the request (above). What a 200 answer
+        // lists as `errors` may be warnings and does not say the job failed, and a job not
+        // complete yet is slow, not wrong: both are tried again (the retries are bounded),
+        // rather than dead-lettering the message on one slow or chatty query.
         if let Some(errors) = resp.errors.filter(|e| !e.is_empty()) {
             let messages: Vec<String> = errors.iter().filter_map(|e| e.message.clone()).collect();
-            return Err(SinkError::permanent(
-                format!("query failed: {}", messages.join("; ")),
-                None,
+            return Err(SinkError::transient(
+                format!("query reported errors: {}", messages.join("; ")),
+                std::io::Error::other("query errors"),
             ));
         }
         if resp.job_complete == Some(false) {
-            return Err(SinkError::permanent(
+            return Err(SinkError::transient(
                 "query did not complete within 30 s",
-                None,
+                std::io::Error::other("query incomplete"),
             ));
         }
         Ok(resp

@@ -98,6 +98,9 @@ fn classify(e: CommitError) -> SinkError {
                 | ErrorCode::CannotOpen
                 | ErrorCode::ReadOnly
                 | ErrorCode::OutOfMemory
+                // Another write of the same batch ended the transaction (a full disk, an
+                // I/O error): this row was not refused, only not committed.
+                | ErrorCode::OperationAborted
         )
     );
     if transient {

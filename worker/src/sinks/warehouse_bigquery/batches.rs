@@ -162,8 +162,21 @@ async fn send(table: &Table, batch: Vec<Pending>) {
     }
 }
 
-/// The rows a 200 answer refused, by index. A row marked only `stopped` was valid but held
-/// back by another row (BigQuery without `skipInvalidRows`): worth sending again.
+/// Reasons BigQuery gives for a row it did not insert although the row may be fine:
+/// `stopped` (held back by another row, without `skipInvalidRows`), and the failures its
+/// documentation says to retry (`backendError`, `internalError`, `timeout`, and the rate and
+/// quota limits).
+const WORTH_SENDING_AGAIN: [&str; 6] = [
+    "stopped",
+    "backendError",
+    "internalError",
+    "timeout",
+    "rateLimitExceeded",
+    "quotaExceeded",
+];
+
+/// The rows a 200 answer refused, by index. A row whose every reason is one of
+/// [`WORTH_SENDING_AGAIN`] fails transiently; any other reason (`invalid`) is permanent.
 fn refused_rows(response: TableDataInsertAllResponse) -> HashMap<usize, SinkError> {
     let mut refused = HashMap::new();
     for row in response.insert_errors.unwrap_or_default() {
@@ -181,15 +194,17 @@ fn refused_rows(response: TableDataInsertAllResponse) -> HashMap<usize, SinkErro
                 )
             })
             .collect();
-        let held_back = !problems.is_empty()
-            && problems
-                .iter()
-                .all(|p| p.reason.as_deref() == Some("stopped"));
+        let worth_again = !problems.is_empty()
+            && problems.iter().all(|p| {
+                p.reason
+                    .as_deref()
+                    .is_some_and(|r| WORTH_SENDING_AGAIN.contains(&r))
+            });
         let message = format!("BigQuery refused the row ({})", reasons.join("; "));
         refused.insert(
             index,
-            if held_back {
-                SinkError::transient(message, std::io::Error::other("held back by another row"))
+            if worth_again {
+                SinkError::transient(message, std::io::Error::other("worth sending again"))
             } else {
                 SinkError::permanent(message, None)
             },
@@ -299,11 +314,15 @@ mod tests {
     }
 
     #[test]
-    fn a_row_only_held_back_by_another_is_worth_sending_again() {
+    fn a_row_held_back_or_failed_by_bigquery_is_worth_sending_again_an_invalid_one_not() {
         let response: TableDataInsertAllResponse = serde_json::from_value(json!({
             "insertErrors": [
                 {"index": 0, "errors": [{"reason": "invalid", "message": "bad value"}]},
-                {"index": 1, "errors": [{"reason": "stopped", "message": ""}]}
+                {"index": 1, "errors": [{"reason": "stopped", "message": ""}]},
+                {"index": 3, "errors": [{"reason": "backendError", "message": "try again"}]},
+                {"index": 4, "errors": [{"reason": "timeout", "message": ""},
+                                        {"reason": "invalid", "message": "bad value"}]},
+                {"index": 5, "errors": []}
             ]
         }))
         .unwrap();
@@ -311,5 +330,14 @@ mod tests {
         assert!(!refused[&0].is_transient());
         assert!(refused[&1].is_transient());
         assert!(!refused.contains_key(&2));
+        assert!(
+            refused[&3].is_transient(),
+            "BigQuery says to retry a backendError"
+        );
+        assert!(!refused[&4].is_transient(), "an invalid row stays invalid");
+        assert!(
+            !refused[&5].is_transient(),
+            "no reason given: not known to pass"
+        );
     }
 }
