@@ -209,3 +209,36 @@ impl Warehouse for SqliteWarehouse {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite(code: i32) -> CommitError {
+        CommitError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(code),
+            None,
+        ))
+    }
+
+    /// A row that did not commit because another write of its batch ended the transaction
+    /// is tried again; a row SQLite refuses is not.
+    #[test]
+    fn a_batch_aborted_by_another_write_is_transient_a_refused_row_permanent() {
+        for transient in [
+            rusqlite::ffi::SQLITE_ABORT,
+            rusqlite::ffi::SQLITE_FULL,
+            rusqlite::ffi::SQLITE_IOERR,
+            rusqlite::ffi::SQLITE_BUSY,
+        ] {
+            assert!(classify(sqlite(transient)).is_transient(), "{transient}");
+        }
+        for permanent in [
+            rusqlite::ffi::SQLITE_CONSTRAINT,
+            rusqlite::ffi::SQLITE_MISMATCH,
+        ] {
+            assert!(!classify(sqlite(permanent)).is_transient(), "{permanent}");
+        }
+        assert!(classify(CommitError::Backlog("warehouse")).is_transient());
+    }
+}
