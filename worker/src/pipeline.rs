@@ -29,8 +29,13 @@ use crate::sinks::warehouse_sqlite::SqliteWarehouse;
 pub enum Disposition {
     /// Every sink succeeded (or had already).
     Ack,
-    /// A sink failed transiently after in-process retries: deliver again later.
-    Nack { sink: &'static str, reason: String },
+    /// A sink failed transiently after in-process retries: deliver again later, not before
+    /// `retry_after` when the sink said how long (Slack's pacing, a `Retry-After`).
+    Nack {
+        sink: &'static str,
+        reason: String,
+        retry_after: Option<std::time::Duration>,
+    },
     /// A sink failed permanently: move to the dead-letter topic with the reason.
     DeadLetter(DeadLetter),
     /// Another copy of the delivery (this message id) owns it: ack this one, which did
@@ -162,9 +167,14 @@ impl Pipeline {
     /// delivery `attempt` (1-based).
     pub async fn handle(&self, envelope: &Envelope, message_id: &str, attempt: u32) -> Disposition {
         let settle = |sink: &'static str, e: SinkError| match e {
-            SinkError::Transient { message, .. } => Disposition::Nack {
+            SinkError::Transient {
+                message,
+                retry_after,
+                ..
+            } => Disposition::Nack {
                 sink,
                 reason: message,
+                retry_after,
             },
             SinkError::Permanent { message, .. } => Disposition::DeadLetter(DeadLetter {
                 sink: sink.into(),
@@ -235,6 +245,7 @@ impl Pipeline {
                 return Disposition::Nack {
                     sink: "ledger",
                     reason: format!("message {owner} claimed this delivery at the same moment"),
+                    retry_after: None,
                 };
             }
             Err(e) => return settle("ledger", e),
@@ -573,7 +584,7 @@ pub(crate) mod tests {
         );
     }
 
-    fn opened_issue(delivery_id: &str) -> Envelope {
+    pub(crate) fn opened_issue(delivery_id: &str) -> Envelope {
         let mut e = envelope(delivery_id, "issues");
         e.body = Bytes::from_static(
             br#"{"action":"opened","issue":{"number":1,"title":"t","html_url":"https://gh/i/1","user":{"login":"u","html_url":"https://gh/u"}},"repository":{"full_name":"o/r","html_url":"https://gh/o/r"}}"#,
@@ -581,7 +592,10 @@ pub(crate) mod tests {
         e
     }
 
-    async fn slack_pipeline(dir: &std::path::Path, slack: &wiremock::MockServer) -> Pipeline {
+    pub(crate) async fn slack_pipeline(
+        dir: &std::path::Path,
+        slack: &wiremock::MockServer,
+    ) -> Pipeline {
         let warehouse = SqliteWarehouse::open(&dir.join("w.sqlite3")).unwrap();
         let mut p = pipeline(dir, Arc::new(warehouse));
         p.slack = Slack::new(
@@ -590,6 +604,49 @@ pub(crate) mod tests {
         )
         .unwrap();
         p
+    }
+
+    /// A post Slack's pacing cannot fit in (the next free slot further away than
+    /// `max_pacing_wait_ms`) goes back to the queue saying how long until that slot, so the
+    /// redelivery does not come back (and spend an attempt) before it.
+    #[tokio::test]
+    async fn a_paced_out_slack_post_nacks_with_the_wait_for_its_slot() {
+        use wiremock::matchers::method;
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+        let dir = tempfile::tempdir().unwrap();
+        let slack = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200))
+            .expect(1)
+            .mount(&slack)
+            .await;
+        let mut p = slack_pipeline(dir.path(), &slack).await;
+        p.slack = Slack::new(
+            &SlackSettings {
+                min_interval_ms: 60_000,
+                max_pacing_wait_ms: 1_000,
+                ..SlackSettings::default()
+            },
+            Some(format!("{}/hook", slack.uri()).into()),
+        )
+        .unwrap();
+        assert_eq!(
+            p.handle(&opened_issue("first"), "m1", 1).await,
+            Disposition::Ack
+        );
+        match p.handle(&opened_issue("second"), "m2", 1).await {
+            Disposition::Nack {
+                sink: "slack",
+                retry_after: Some(wait),
+                ..
+            } => assert!(
+                wait > std::time::Duration::from_secs(55)
+                    && wait <= std::time::Duration::from_secs(60),
+                "{wait:?}"
+            ),
+            other => panic!("expected a nack with the wait, got {other:?}"),
+        }
+        slack.verify().await;
     }
 
     #[tokio::test]

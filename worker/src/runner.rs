@@ -233,6 +233,7 @@ pub async fn process(pipeline: Arc<Pipeline>, delivery: Delivery, mut abandon: A
                     () = abandon.requested() => break Disposition::Nack {
                         sink: "shutdown",
                         reason: "the worker is shutting down".into(),
+                        retry_after: None,
                     },
                     _ = keepalive.tick() => {
                         if let Err(e) = delivery.acker.extend(by).await {
@@ -253,10 +254,22 @@ pub async fn process(pipeline: Arc<Pipeline>, delivery: Delivery, mut abandon: A
                 tracing::info!(owner, "another copy of this delivery owns it; acking this one");
                 delivery.acker.ack().await
             }
-            Disposition::Nack { sink, reason } => {
+            Disposition::Nack {
+                sink,
+                reason,
+                retry_after,
+            } => {
                 metrics::inc("hookline_messages_total", &[("outcome", "nack")]);
-                tracing::warn!(sink, reason, "sink failed; message goes back to the queue");
-                delivery.acker.nack().await
+                tracing::warn!(
+                    sink,
+                    reason,
+                    retry_after_ms = retry_after.map(|d| d.as_millis() as u64),
+                    "sink failed; message goes back to the queue"
+                );
+                match retry_after {
+                    Some(wait) => delivery.acker.nack_after(wait).await,
+                    None => delivery.acker.nack().await,
+                }
             }
             Disposition::DeadLetter(reason) => {
                 metrics::inc("hookline_messages_total", &[("outcome", "dead_letter")]);
@@ -351,6 +364,82 @@ mod tests {
                 acker: Box::new(HeldAcker(self.release.clone())),
             }])
         }
+    }
+
+    /// What a delivery was settled with.
+    #[derive(Debug)]
+    struct Recording(Arc<Mutex<Vec<String>>>);
+
+    #[async_trait]
+    impl Acker for Recording {
+        async fn ack(self: Box<Self>) -> Result<(), QueueError> {
+            self.0.lock().unwrap().push("ack".into());
+            Ok(())
+        }
+        async fn nack(self: Box<Self>) -> Result<(), QueueError> {
+            self.0.lock().unwrap().push("nack".into());
+            Ok(())
+        }
+        async fn nack_after(self: Box<Self>, wait: Duration) -> Result<(), QueueError> {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("nack_after {}", wait.as_secs()));
+            Ok(())
+        }
+        async fn dead_letter(self: Box<Self>, _: DeadLetter) -> Result<(), QueueError> {
+            self.0.lock().unwrap().push("dead_letter".into());
+            Ok(())
+        }
+        async fn extend(&self, _: Duration) -> Result<(), QueueError> {
+            Ok(())
+        }
+    }
+
+    /// A message whose Slack post is paced out goes back to the queue with the wait for
+    /// its slot, not after the short backoff of an ordinary nack.
+    #[tokio::test]
+    async fn a_nack_with_a_wait_is_settled_with_that_wait() {
+        use wiremock::matchers::method;
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+        let dir = tempfile::tempdir().unwrap();
+        let slack = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200))
+            .mount(&slack)
+            .await;
+        let mut p = crate::pipeline::tests::slack_pipeline(dir.path(), &slack).await;
+        p.slack = crate::sinks::slack::Slack::new(
+            &hookline_shared::config::SlackSettings {
+                min_interval_ms: 90_000,
+                max_pacing_wait_ms: 1_000,
+                ..Default::default()
+            },
+            Some(format!("{}/hook", slack.uri()).into()),
+        )
+        .unwrap();
+        let pipeline = Arc::new(p);
+        let settled = Arc::new(Mutex::new(Vec::new()));
+        for id in ["first", "second"] {
+            let e = crate::pipeline::tests::opened_issue(id);
+            let delivery = Delivery {
+                message_id: format!("m-{id}"),
+                body: e.body.clone(),
+                attributes: e.meta.to_attributes(),
+                attempt: 1,
+                acker: Box::new(Recording(Arc::clone(&settled))),
+            };
+            process(Arc::clone(&pipeline), delivery, Abandon::never()).await;
+        }
+        let settled = settled.lock().unwrap().clone();
+        assert_eq!(settled.len(), 2, "{settled:?}");
+        assert_eq!(settled[0], "ack");
+        let wait: u64 = settled[1]
+            .strip_prefix("nack_after ")
+            .unwrap_or_else(|| panic!("{settled:?}"))
+            .parse()
+            .unwrap();
+        assert!((85..=90).contains(&wait), "{settled:?}");
     }
 
     #[tokio::test]

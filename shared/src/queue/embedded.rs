@@ -824,12 +824,17 @@ impl Acker for EmbeddedAcker {
     }
 
     async fn nack(self: Box<Self>) -> Result<(), QueueError> {
+        self.nack_after(Duration::ZERO).await
+    }
+
+    async fn nack_after(self: Box<Self>, wait: Duration) -> Result<(), QueueError> {
         let s = &self.queue.settings;
         let delay = redelivery_backoff(
             self.attempt,
             Duration::from_millis(s.min_backoff_ms),
             Duration::from_millis(s.max_backoff_ms),
-        );
+        )
+        .max(wait);
         let visible_at = now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
         self.settle(
             "UPDATE messages SET visible_at = ?3, lease = NULL WHERE id = ?1 AND lease = ?2",

@@ -103,6 +103,15 @@ pub trait Acker: Send + Sync + fmt::Debug {
     async fn ack(self: Box<Self>) -> Result<(), QueueError>;
     /// Deliver again later, after the subscription's retry backoff.
     async fn nack(self: Box<Self>) -> Result<(), QueueError>;
+    /// Deliver again later, and not before `wait` (or the retry backoff, if longer) where
+    /// the queue can say so: the sink said when it can take the message again. A delivery
+    /// attempt is counted either way, so waiting out what the sink asked for spends fewer of
+    /// them than coming back after a short backoff. The default is [`Acker::nack`] (Pub/Sub:
+    /// its subscription's backoff, minutes at most, already spaces redeliveries).
+    async fn nack_after(self: Box<Self>, wait: Duration) -> Result<(), QueueError> {
+        let _ = wait;
+        self.nack().await
+    }
     /// Moves the message to the dead-letter topic with the reason, then acknowledges it.
     async fn dead_letter(self: Box<Self>, reason: DeadLetter) -> Result<(), QueueError>;
     /// Pushes the ack deadline out by `by` from now, while work is still under way.

@@ -526,6 +526,37 @@ async fn a_failed_body_sync_fails_its_publish_and_the_next_one_starts_a_segment(
     assert_eq!(bodies, [before, after]);
 }
 
+/// A nack with a wait longer than the backoff keeps the message away for that wait; the
+/// redelivery is the next attempt.
+#[tokio::test]
+async fn nack_after_keeps_the_message_away_for_the_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = EmbeddedQueue::open(&settings(dir.path()), Duration::from_millis(5)).unwrap();
+    q.publish(&envelope("later")).await.unwrap();
+    let sub = q.subscriber();
+    let d = sub.pull(10, WAIT).await.unwrap().pop().unwrap();
+    let nacked = std::time::Instant::now();
+    d.acker
+        .nack_after(Duration::from_millis(600))
+        .await
+        .unwrap();
+    // The backoff alone (10-20 ms here) would have brought it back long before.
+    assert!(
+        sub.pull(10, Duration::from_millis(300))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = sub.pull(10, WAIT).await.unwrap().pop().unwrap();
+    assert!(
+        nacked.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        nacked.elapsed()
+    );
+    assert_eq!(again.attempt, 2);
+    assert_eq!(again.attributes[attr::DELIVERY_ID], "later");
+}
+
 /// The attributes of the one message on the dead-letter topic, read from the file.
 fn dead_letter_attributes(s: &EmbeddedQueueSettings) -> BTreeMap<String, String> {
     let attributes: String = Connection::open(&s.path)
