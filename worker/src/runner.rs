@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use hookline_shared::config::WorkerSettings;
 use hookline_shared::metrics;
-use hookline_shared::queue::{DeadLetter, Delivery, Subscriber};
+use hookline_shared::queue::{DeadLetter, Delivery, QueueError, Subscriber};
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
@@ -235,11 +235,17 @@ pub async fn process(pipeline: Arc<Pipeline>, delivery: Delivery, mut abandon: A
                         reason: "the worker is shutting down".into(),
                         retry_after: None,
                     },
-                    _ = keepalive.tick() => {
-                        if let Err(e) = delivery.acker.extend(by).await {
-                            tracing::warn!(error = %e, "could not extend the lease");
-                        }
-                    }
+                    _ = keepalive.tick() => match delivery.acker.extend(by).await {
+                        Ok(()) => {}
+                        // Another worker holds it now and does the work: stop here, before
+                        // a step the ledger cannot share (a Slack post) runs twice at once.
+                        Err(QueueError::LeaseLost) => break Disposition::Nack {
+                            sink: "lease",
+                            reason: "the lease was lost to another worker; stopped".into(),
+                            retry_after: None,
+                        },
+                        Err(e) => tracing::warn!(error = %e, "could not extend the lease"),
+                    },
                 }
             }
         };
@@ -366,9 +372,10 @@ mod tests {
         }
     }
 
-    /// What a delivery was settled with.
+    /// What a delivery was settled with. With `lease_lost`, every extension answers that
+    /// another consumer holds the message now.
     #[derive(Debug)]
-    struct Recording(Arc<Mutex<Vec<String>>>);
+    struct Recording(Arc<Mutex<Vec<String>>>, bool);
 
     #[async_trait]
     impl Acker for Recording {
@@ -392,7 +399,13 @@ mod tests {
             Ok(())
         }
         async fn extend(&self, _: Duration) -> Result<(), QueueError> {
+            if self.1 {
+                return Err(QueueError::LeaseLost);
+            }
             Ok(())
+        }
+        fn lease(&self) -> Option<Duration> {
+            Some(Duration::from_millis(300))
         }
     }
 
@@ -427,7 +440,7 @@ mod tests {
                 body: e.body.clone(),
                 attributes: e.meta.to_attributes(),
                 attempt: 1,
-                acker: Box::new(Recording(Arc::clone(&settled))),
+                acker: Box::new(Recording(Arc::clone(&settled), false)),
             };
             process(Arc::clone(&pipeline), delivery, Abandon::never()).await;
         }
@@ -440,6 +453,47 @@ mod tests {
             .parse()
             .unwrap();
         assert!((85..=90).contains(&wait), "{settled:?}");
+    }
+
+    /// A lease found lost while the work waits (here for its Slack slot) stops the work
+    /// before it posts: the message's new holder posts it.
+    #[tokio::test]
+    async fn a_lost_lease_stops_the_work_before_slack() {
+        use wiremock::matchers::method;
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+        let dir = tempfile::tempdir().unwrap();
+        let slack = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200))
+            .expect(1)
+            .mount(&slack)
+            .await;
+        let mut p = crate::pipeline::tests::slack_pipeline(dir.path(), &slack).await;
+        p.slack = crate::sinks::slack::Slack::new(
+            &hookline_shared::config::SlackSettings {
+                min_interval_ms: 1_500,
+                max_pacing_wait_ms: 10_000,
+                ..Default::default()
+            },
+            Some(format!("{}/hook", slack.uri()).into()),
+        )
+        .unwrap();
+        let pipeline = Arc::new(p);
+        let settled = Arc::new(Mutex::new(Vec::new()));
+        for (id, lease_lost) in [("kept", false), ("lost", true)] {
+            let e = crate::pipeline::tests::opened_issue(id);
+            let delivery = Delivery {
+                message_id: format!("m-{id}"),
+                body: e.body.clone(),
+                attributes: e.meta.to_attributes(),
+                attempt: 1,
+                acker: Box::new(Recording(Arc::clone(&settled), lease_lost)),
+            };
+            process(Arc::clone(&pipeline), delivery, Abandon::never()).await;
+        }
+        // The second waited for its slot 1.5 s away; its lease was found lost within 0.1 s.
+        assert_eq!(*settled.lock().unwrap(), ["ack", "nack"]);
+        slack.verify().await; // one post: the first message's
     }
 
     #[tokio::test]

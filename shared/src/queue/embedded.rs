@@ -795,16 +795,24 @@ struct EmbeddedAcker {
 }
 
 impl EmbeddedAcker {
-    async fn settle(&self, sql: &'static str, extra: Option<i64>) -> Result<(), QueueError> {
+    /// Runs `sql` on this message's row if it still holds the lease; how many rows changed.
+    async fn on_leased_row(
+        &self,
+        sql: &'static str,
+        extra: Option<i64>,
+    ) -> Result<usize, QueueError> {
         let (id, lease) = (self.id, self.lease);
-        let changed = self
-            .queue
+        self.queue
             .with_consumer(move |conn| match extra {
                 Some(v) => conn.prepare_cached(sql)?.execute(params![id, lease, v]),
                 None => conn.prepare_cached(sql)?.execute(params![id, lease]),
             })
-            .await?;
-        if changed == 0 {
+            .await
+    }
+
+    async fn settle(&self, sql: &'static str, extra: Option<i64>) -> Result<(), QueueError> {
+        let id = self.id;
+        if self.on_leased_row(sql, extra).await? == 0 {
             // The deadline passed and the message was leased again (or dead-lettered). The
             // other holder will settle it; our effects were idempotent.
             tracing::warn!(
@@ -874,11 +882,16 @@ impl Acker for EmbeddedAcker {
 
     async fn extend(&self, by: Duration) -> Result<(), QueueError> {
         let visible_at = now_ms() + i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
-        self.settle(
-            "UPDATE messages SET visible_at = ?3 WHERE id = ?1 AND lease = ?2",
-            Some(visible_at),
-        )
-        .await
+        let extended = self
+            .on_leased_row(
+                "UPDATE messages SET visible_at = ?3 WHERE id = ?1 AND lease = ?2",
+                Some(visible_at),
+            )
+            .await?;
+        if extended == 0 {
+            return Err(QueueError::LeaseLost);
+        }
+        Ok(())
     }
 }
 

@@ -36,6 +36,10 @@ pub enum QueueError {
     Timeout(Duration),
     #[error("the queue has been closed")]
     Closed,
+    /// The message's lease ran out and the queue handed it to another consumer (or moved
+    /// it on): whatever this consumer still does with it, the new holder does too.
+    #[error("the message's lease was lost to another consumer")]
+    LeaseLost,
 }
 
 impl QueueError {

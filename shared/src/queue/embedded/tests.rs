@@ -557,6 +557,29 @@ async fn nack_after_keeps_the_message_away_for_the_wait() {
     assert_eq!(again.attributes[attr::DELIVERY_ID], "later");
 }
 
+/// Once its lease ran out and another consumer leased the message, the first holder's
+/// extension reports the loss (the worker stops its work on it); the new holder's works.
+#[tokio::test]
+async fn extending_a_lost_lease_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = EmbeddedQueue::open(&settings(dir.path()), Duration::from_millis(5)).unwrap();
+    q.publish(&envelope("slow")).await.unwrap();
+    let first = q.subscriber().pull(10, WAIT).await.unwrap().pop().unwrap();
+    first
+        .acker
+        .extend(Duration::from_millis(300))
+        .await
+        .unwrap();
+    // Its deadline passes (300 ms); a second consumer leases it.
+    let second = q.subscriber().pull(10, WAIT).await.unwrap().pop().unwrap();
+    assert_eq!(second.attempt, 2);
+    assert!(matches!(
+        first.acker.extend(Duration::from_secs(1)).await,
+        Err(QueueError::LeaseLost)
+    ));
+    second.acker.extend(Duration::from_secs(1)).await.unwrap();
+}
+
 /// The attributes of the one message on the dead-letter topic, read from the file.
 fn dead_letter_attributes(s: &EmbeddedQueueSettings) -> BTreeMap<String, String> {
     let attributes: String = Connection::open(&s.path)
