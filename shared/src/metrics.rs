@@ -46,7 +46,7 @@ const METRICS: &[(&str, &str, &str)] = &[
     (
         "hookline_slack_possible_duplicates_total",
         "counter",
-        "Slack posts repeated after an attempt that may already have posted (the documented crash window).",
+        "Slack posts that may be repeated: an attempt found one that may already have posted (a crash between Slack's answer and its record), or a post got no answer though Slack may have received it (a timeout).",
     ),
     (
         "hookline_queue_lag_seconds",

@@ -649,8 +649,22 @@ pub(crate) mod tests {
         slack.verify().await;
     }
 
+    /// The tests that move `hookline_slack_possible_duplicates_total` (one registry per
+    /// process) take turns, so that each sees only its own change.
+    pub(crate) static POSSIBLE_DUPLICATES: tokio::sync::Mutex<()> =
+        tokio::sync::Mutex::const_new(());
+
+    /// `hookline_slack_possible_duplicates_total` now.
+    pub(crate) fn possible_duplicates() -> u64 {
+        hookline_shared::metrics::render()
+            .lines()
+            .find_map(|l| l.strip_prefix("hookline_slack_possible_duplicates_total "))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    }
+
     #[tokio::test]
     async fn slack_is_posted_again_only_in_the_documented_crash_window() {
+        let _turn = POSSIBLE_DUPLICATES.lock().await;
         use wiremock::matchers::method;
         use wiremock::{Mock, MockServer, ResponseTemplate};
         let dir = tempfile::tempdir().unwrap();
@@ -683,11 +697,9 @@ pub(crate) mod tests {
                 .await
                 .unwrap();
         }
+        let before = possible_duplicates();
         assert_eq!(p.handle(&crashed, "m2", 2).await, Disposition::Ack);
-        assert!(
-            hookline_shared::metrics::render()
-                .contains("hookline_slack_possible_duplicates_total 1\n")
-        );
+        assert_eq!(possible_duplicates(), before + 1);
         slack.verify().await; // window-1 once, window-2 once
     }
 

@@ -114,7 +114,15 @@ impl Slack {
             .json(&msg.payload())
             .send()
             .await
-            .map_err(|e| SinkError::transient("slack unreachable", e.without_url()))?;
+            .map_err(|e| {
+                if !e.is_connect() {
+                    // Sent, or partly: Slack may have posted it without our hearing so, and
+                    // trying again (in-process or on redelivery) may post it twice.
+                    tracing::warn!(error = %e, "slack did not answer a post it may have received");
+                    hookline_shared::metrics::inc("hookline_slack_possible_duplicates_total", &[]);
+                }
+                SinkError::transient("slack unreachable", e.without_url())
+            })?;
         let status = response.status();
         if status.is_success() {
             return Ok(Outcome::Written);
@@ -348,5 +356,45 @@ mod tests {
                 pair[1] - pair[0]
             );
         }
+    }
+
+    /// A post Slack may have received but did not answer in time is a transient failure,
+    /// and counted as a possible duplicate (trying again may post it twice); one that never
+    /// reached Slack (nothing listening) is not counted.
+    #[tokio::test]
+    async fn an_unanswered_post_counts_as_a_possible_duplicate_an_unsent_one_not() {
+        use crate::pipeline::tests::{POSSIBLE_DUPLICATES, possible_duplicates};
+        let _turn = POSSIBLE_DUPLICATES.lock().await;
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(2)))
+            .mount(&server)
+            .await;
+        let settings = SlackSettings {
+            timeout_ms: 200,
+            ..SlackSettings::default()
+        };
+        let msg = slack(None, SlackSettings::default().notify)
+            .message_for(&issue("opened"))
+            .unwrap()
+            .unwrap();
+        let before = possible_duplicates();
+        let slow = Slack::new(&settings, Some(format!("{}/hook", server.uri()).into())).unwrap();
+        let err = slow.post(&msg).await.unwrap_err();
+        assert!(err.is_transient(), "{err:?}");
+        assert_eq!(possible_duplicates(), before + 1);
+        // Nothing listens there: the post never left.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let nowhere = Slack::new(
+            &settings,
+            Some(format!("http://127.0.0.1:{port}/hook").into()),
+        )
+        .unwrap();
+        assert!(nowhere.post(&msg).await.unwrap_err().is_transient());
+        assert_eq!(possible_duplicates(), before + 1);
     }
 }
