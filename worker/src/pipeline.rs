@@ -309,6 +309,9 @@ impl Pipeline {
             Err(e) => return settle("slack", e),
         };
         if let Some(message) = message.filter(|_| !done.contains_key("slack")) {
+            if let Err(e) = self.slack.paced_out() {
+                return settle("slack", e);
+            }
             // Slack cannot de-duplicate: intent before the post, done after. An intent
             // without done means an earlier attempt may have posted (the crash window
             // between Slack's answer and the done record); post again rather than risk
@@ -634,7 +637,8 @@ pub(crate) mod tests {
             p.handle(&opened_issue("first"), "m1", 1).await,
             Disposition::Ack
         );
-        match p.handle(&opened_issue("second"), "m2", 1).await {
+        let second = opened_issue("second");
+        match p.handle(&second, "m2", 1).await {
             Disposition::Nack {
                 sink: "slack",
                 retry_after: Some(wait),
@@ -646,6 +650,10 @@ pub(crate) mod tests {
             ),
             other => panic!("expected a nack with the wait, got {other:?}"),
         }
+        // Nothing was posted, and nothing says it may have been: its redelivery is not
+        // counted as a possible duplicate.
+        let done = p.ledger.done("gh", &second.meta.delivery_id).await.unwrap();
+        assert!(!done.contains_key("slack.intent"), "{done:?}");
         slack.verify().await;
     }
 

@@ -92,6 +92,21 @@ impl Slack {
         message::build(meta, json.as_ref()).map(Some)
     }
 
+    /// Whether a post now would be paced out (see [`Slack::post`]), reserving nothing: asked
+    /// before the post's intent is recorded, so that a message sent back to the queue for
+    /// pacing does not look, on its redelivery, like one that may have posted.
+    ///
+    /// # Errors
+    /// The transient error [`Slack::post`] would return, with the wait.
+    pub fn paced_out(&self) -> Result<(), SinkError> {
+        if self.url.is_none() {
+            return Ok(());
+        }
+        self.pacer
+            .check(tokio::time::Instant::now())
+            .map_err(|Busy(wait)| paced(wait))
+    }
+
     /// Posts (or logs) one message.
     ///
     /// # Errors
@@ -102,11 +117,7 @@ impl Slack {
             return Ok(Outcome::Written);
         };
         if let Err(Busy(wait)) = self.pacer.wait_turn().await {
-            return Err(SinkError::Transient {
-                message: format!("slack posts are paced; the next free slot is {wait:?} away"),
-                retry_after: Some(wait),
-                source: None,
-            });
+            return Err(paced(wait));
         }
         let response = self
             .client
@@ -153,6 +164,15 @@ impl Slack {
         } else {
             Err(SinkError::permanent(detail, None))
         }
+    }
+}
+
+/// A post that found no slot within `max_pacing_wait_ms`: back to the queue for `wait`.
+fn paced(wait: Duration) -> SinkError {
+    SinkError::Transient {
+        message: format!("slack posts are paced; the next free slot is {wait:?} away"),
+        retry_after: Some(wait),
+        source: None,
     }
 }
 

@@ -52,6 +52,19 @@ impl Pacer {
         Ok(slot)
     }
 
+    /// Whether a slot is free within `max_wait` of `now`, reserving nothing.
+    ///
+    /// # Errors
+    /// [`Busy`], as for [`Pacer::reserve`].
+    pub fn check(&self, now: Instant) -> Result<(), Busy> {
+        let next = self.next_free.lock().expect("pacer lock poisoned");
+        let wait = next.map_or(Duration::ZERO, |n| n.max(now) - now);
+        if wait > self.max_wait {
+            return Err(Busy(wait));
+        }
+        Ok(())
+    }
+
     /// Slack answered 429: no slot before `now + retry_after`.
     pub fn back_off(&self, now: Instant, retry_after: Duration) {
         let mut next = self.next_free.lock().expect("pacer lock poisoned");
@@ -89,6 +102,22 @@ mod tests {
         let later = t0 + 60 * SEC;
         assert_eq!(p.reserve(later), Ok(later));
         assert_eq!(p.reserve(later), Ok(later + SEC));
+    }
+
+    #[test]
+    fn check_answers_as_reserve_would_and_reserves_nothing() {
+        let p = Pacer::new(SEC, 3 * SEC);
+        let t0 = Instant::now();
+        assert_eq!(p.check(t0), Ok(()));
+        for _ in 0..4 {
+            p.reserve(t0).unwrap();
+        }
+        // Next free slot 4 s away, beyond the 3 s wait: both refuse, with the wait.
+        assert_eq!(p.check(t0), Err(Busy(4 * SEC)));
+        assert_eq!(p.reserve(t0), Err(Busy(4 * SEC)));
+        // A second later it fits: checking left the slot for the reservation.
+        assert_eq!(p.check(t0 + SEC), Ok(()));
+        assert_eq!(p.reserve(t0 + SEC), Ok(t0 + 4 * SEC));
     }
 
     #[test]
