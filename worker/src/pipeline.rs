@@ -595,18 +595,43 @@ pub(crate) mod tests {
         e
     }
 
-    pub(crate) async fn slack_pipeline(
+    /// A pipeline posting to `slack` (a mock server), paced as the two settings say.
+    pub(crate) fn paced_slack_pipeline(
         dir: &std::path::Path,
         slack: &wiremock::MockServer,
+        min_interval_ms: u64,
+        max_pacing_wait_ms: u64,
     ) -> Pipeline {
         let warehouse = SqliteWarehouse::open(&dir.join("w.sqlite3")).unwrap();
         let mut p = pipeline(dir, Arc::new(warehouse));
         p.slack = Slack::new(
-            &SlackSettings::default(),
+            &SlackSettings {
+                min_interval_ms,
+                max_pacing_wait_ms,
+                ..SlackSettings::default()
+            },
             Some(format!("{}/hook", slack.uri()).into()),
         )
         .unwrap();
         p
+    }
+
+    fn slack_pipeline(dir: &std::path::Path, slack: &wiremock::MockServer) -> Pipeline {
+        let d = SlackSettings::default();
+        paced_slack_pipeline(dir, slack, d.min_interval_ms, d.max_pacing_wait_ms)
+    }
+
+    /// A Slack answering 200 to every post, expecting `posts` of them when given.
+    pub(crate) async fn slack_mock(posts: Option<u64>) -> wiremock::MockServer {
+        use wiremock::matchers::method;
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+        let slack = MockServer::start().await;
+        let mock = Mock::given(method("POST")).respond_with(ResponseTemplate::new(200));
+        match posts {
+            Some(n) => mock.expect(n).mount(&slack).await,
+            None => mock.mount(&slack).await,
+        }
+        slack
     }
 
     /// A post Slack's pacing cannot fit in (the next free slot further away than
@@ -614,25 +639,9 @@ pub(crate) mod tests {
     /// redelivery does not come back (and spend an attempt) before it.
     #[tokio::test]
     async fn a_paced_out_slack_post_nacks_with_the_wait_for_its_slot() {
-        use wiremock::matchers::method;
-        use wiremock::{Mock, MockServer, ResponseTemplate};
         let dir = tempfile::tempdir().unwrap();
-        let slack = MockServer::start().await;
-        Mock::given(method("POST"))
-            .respond_with(ResponseTemplate::new(200))
-            .expect(1)
-            .mount(&slack)
-            .await;
-        let mut p = slack_pipeline(dir.path(), &slack).await;
-        p.slack = Slack::new(
-            &SlackSettings {
-                min_interval_ms: 60_000,
-                max_pacing_wait_ms: 1_000,
-                ..SlackSettings::default()
-            },
-            Some(format!("{}/hook", slack.uri()).into()),
-        )
-        .unwrap();
+        let slack = slack_mock(Some(1)).await;
+        let p = paced_slack_pipeline(dir.path(), &slack, 60_000, 1_000);
         assert_eq!(
             p.handle(&opened_issue("first"), "m1", 1).await,
             Disposition::Ack
@@ -673,16 +682,9 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn slack_is_posted_again_only_in_the_documented_crash_window() {
         let _turn = POSSIBLE_DUPLICATES.lock().await;
-        use wiremock::matchers::method;
-        use wiremock::{Mock, MockServer, ResponseTemplate};
         let dir = tempfile::tempdir().unwrap();
-        let slack = MockServer::start().await;
-        Mock::given(method("POST"))
-            .respond_with(ResponseTemplate::new(200))
-            .expect(2)
-            .mount(&slack)
-            .await;
-        let p = slack_pipeline(dir.path(), &slack).await;
+        let slack = slack_mock(Some(2)).await;
+        let p = slack_pipeline(dir.path(), &slack);
 
         // Done: a redelivery posts nothing.
         let e = opened_issue("window-1");
@@ -812,7 +814,7 @@ pub(crate) mod tests {
             .expect(1)
             .mount(&slack)
             .await;
-        let mut p = slack_pipeline(dir.path(), &slack).await;
+        let mut p = slack_pipeline(dir.path(), &slack);
         p.ledger = Arc::new(LoggedLedger {
             inner: SqliteLedger::open(&dir.path().join("ledger.sqlite3")).unwrap(),
             log: Arc::clone(&log),

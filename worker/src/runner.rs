@@ -409,42 +409,37 @@ mod tests {
         }
     }
 
-    /// A message whose Slack post is paced out goes back to the queue with the wait for
-    /// its slot, not after the short backoff of an ordinary nack.
-    #[tokio::test]
-    async fn a_nack_with_a_wait_is_settled_with_that_wait() {
-        use wiremock::matchers::method;
-        use wiremock::{Mock, MockServer, ResponseTemplate};
-        let dir = tempfile::tempdir().unwrap();
-        let slack = MockServer::start().await;
-        Mock::given(method("POST"))
-            .respond_with(ResponseTemplate::new(200))
-            .mount(&slack)
-            .await;
-        let mut p = crate::pipeline::tests::slack_pipeline(dir.path(), &slack).await;
-        p.slack = crate::sinks::slack::Slack::new(
-            &hookline_shared::config::SlackSettings {
-                min_interval_ms: 90_000,
-                max_pacing_wait_ms: 1_000,
-                ..Default::default()
-            },
-            Some(format!("{}/hook", slack.uri()).into()),
-        )
-        .unwrap();
-        let pipeline = Arc::new(p);
+    /// Runs an opened-issue delivery per `(delivery id, lease lost)` through `pipeline`, one
+    /// after another; how each was settled.
+    async fn settle_in_turn(
+        pipeline: crate::pipeline::Pipeline,
+        deliveries: &[(&str, bool)],
+    ) -> Vec<String> {
+        let pipeline = Arc::new(pipeline);
         let settled = Arc::new(Mutex::new(Vec::new()));
-        for id in ["first", "second"] {
+        for &(id, lease_lost) in deliveries {
             let e = crate::pipeline::tests::opened_issue(id);
             let delivery = Delivery {
                 message_id: format!("m-{id}"),
                 body: e.body.clone(),
                 attributes: e.meta.to_attributes(),
                 attempt: 1,
-                acker: Box::new(Recording(Arc::clone(&settled), false)),
+                acker: Box::new(Recording(Arc::clone(&settled), lease_lost)),
             };
             process(Arc::clone(&pipeline), delivery, Abandon::never()).await;
         }
-        let settled = settled.lock().unwrap().clone();
+        settled.lock().unwrap().clone()
+    }
+
+    /// A message whose Slack post is paced out goes back to the queue with the wait for
+    /// its slot, not after the short backoff of an ordinary nack.
+    #[tokio::test]
+    async fn a_nack_with_a_wait_is_settled_with_that_wait() {
+        use crate::pipeline::tests::{paced_slack_pipeline, slack_mock};
+        let dir = tempfile::tempdir().unwrap();
+        let slack = slack_mock(None).await;
+        let p = paced_slack_pipeline(dir.path(), &slack, 90_000, 1_000);
+        let settled = settle_in_turn(p, &[("first", false), ("second", false)]).await;
         assert_eq!(settled.len(), 2, "{settled:?}");
         assert_eq!(settled[0], "ack");
         let wait: u64 = settled[1]
@@ -459,40 +454,15 @@ mod tests {
     /// before it posts: the message's new holder posts it.
     #[tokio::test]
     async fn a_lost_lease_stops_the_work_before_slack() {
-        use wiremock::matchers::method;
-        use wiremock::{Mock, MockServer, ResponseTemplate};
+        use crate::pipeline::tests::{paced_slack_pipeline, slack_mock};
         let dir = tempfile::tempdir().unwrap();
-        let slack = MockServer::start().await;
-        Mock::given(method("POST"))
-            .respond_with(ResponseTemplate::new(200))
-            .expect(1)
-            .mount(&slack)
-            .await;
-        let mut p = crate::pipeline::tests::slack_pipeline(dir.path(), &slack).await;
-        p.slack = crate::sinks::slack::Slack::new(
-            &hookline_shared::config::SlackSettings {
-                min_interval_ms: 1_500,
-                max_pacing_wait_ms: 10_000,
-                ..Default::default()
-            },
-            Some(format!("{}/hook", slack.uri()).into()),
-        )
-        .unwrap();
-        let pipeline = Arc::new(p);
-        let settled = Arc::new(Mutex::new(Vec::new()));
-        for (id, lease_lost) in [("kept", false), ("lost", true)] {
-            let e = crate::pipeline::tests::opened_issue(id);
-            let delivery = Delivery {
-                message_id: format!("m-{id}"),
-                body: e.body.clone(),
-                attributes: e.meta.to_attributes(),
-                attempt: 1,
-                acker: Box::new(Recording(Arc::clone(&settled), lease_lost)),
-            };
-            process(Arc::clone(&pipeline), delivery, Abandon::never()).await;
-        }
+        let slack = slack_mock(Some(1)).await;
+        let p = paced_slack_pipeline(dir.path(), &slack, 1_500, 10_000);
         // The second waited for its slot 1.5 s away; its lease was found lost within 0.1 s.
-        assert_eq!(*settled.lock().unwrap(), ["ack", "nack"]);
+        assert_eq!(
+            settle_in_turn(p, &[("kept", false), ("lost", true)]).await,
+            ["ack", "nack"]
+        );
         slack.verify().await; // one post: the first message's
     }
 
