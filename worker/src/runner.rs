@@ -7,9 +7,11 @@
 //!
 //! On shutdown the loop stops pulling and gives in-flight messages until the drain deadline
 //! to finish; anything still running then is stopped where it is and nacked, so the queue
-//! delivers it again at once rather than after its lease (effects are idempotent and the
-//! ledger remembers finished steps, so nothing is lost or doubled). A nack that cannot be
-//! sent in time is dropped: the lease runs out and the message comes back all the same.
+//! delivers it again after its retry backoff rather than after its lease (effects are
+//! idempotent and the ledger remembers finished steps, so nothing is lost or doubled). A
+//! nack that cannot be sent in time is dropped: the lease runs out and the message comes
+//! back all the same. A pull under way is dropped too; what its lease takes after that is
+//! handed back by the queue (the embedded one, uncounted; Pub/Sub's client nacks it).
 
 use std::future::Future;
 use std::sync::Arc;

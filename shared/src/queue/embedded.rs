@@ -752,7 +752,7 @@ impl Subscriber for EmbeddedSubscription {
     ) -> Result<Vec<Delivery>, QueueError> {
         let give_up = tokio::time::Instant::now() + wait;
         loop {
-            let (lease, rows) = self.queue.with_consumer(self.lease(max, max_bytes)).await?;
+            let (lease, rows) = self.lease_for_caller(max, max_bytes).await?;
             if !rows.is_empty() {
                 let mut out = Vec::with_capacity(rows.len());
                 for (id, body, attributes, attempts) in rows {
@@ -781,6 +781,53 @@ impl Subscriber for EmbeddedSubscription {
             }
             tokio::time::sleep(self.queue.poll_interval).await;
         }
+    }
+}
+
+impl EmbeddedSubscription {
+    /// Leases as [`EmbeddedSubscription::lease`] does, for a caller that may stop waiting
+    /// (a worker shutting down drops its pull). The lease commits on the writer thread
+    /// regardless; if the caller is gone by then, the rows are handed back at once with
+    /// their attempt uncounted, rather than staying leased until their deadline with an
+    /// attempt spent (the last one dead-lettering a message that never ran).
+    async fn lease_for_caller(
+        &self,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<(i64, Vec<LeasedRow>), QueueError> {
+        let queue = self.queue.clone();
+        let job = self.lease(max, max_bytes);
+        let (answer, answered) = oneshot::channel();
+        tokio::spawn(async move {
+            let leased = queue.with_consumer(job).await;
+            let Err(Ok((lease, rows))) = answer.send(leased) else {
+                return;
+            };
+            if rows.is_empty() {
+                return;
+            }
+            let ids: Vec<i64> = rows.iter().map(|row| row.0).collect();
+            let handed_back = queue
+                .with_consumer(move |conn| {
+                    let mut stmt = conn.prepare_cached(
+                        "UPDATE messages SET lease = NULL, visible_at = ?3,
+                           attempts = max(attempts - 1, 0) WHERE id = ?1 AND lease = ?2",
+                    )?;
+                    for id in ids {
+                        stmt.execute(params![id, lease, now_ms()])?;
+                    }
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = handed_back {
+                tracing::warn!(
+                    error = %e,
+                    "messages leased for a pull nobody waits for any more were not handed \
+                     back; they return at their deadline"
+                );
+            }
+        });
+        answered.await.map_err(|_| QueueError::Closed)?
     }
 }
 

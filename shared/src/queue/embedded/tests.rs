@@ -580,6 +580,50 @@ async fn extending_a_lost_lease_says_so() {
     second.acker.extend(Duration::from_secs(1)).await.unwrap();
 }
 
+/// A pull dropped while its lease waits for the writer (a worker shutting down) does not
+/// strand what the lease takes: the messages are handed back at once, the attempt not
+/// counted, instead of returning at their deadline with an attempt spent.
+#[tokio::test]
+async fn a_pull_dropped_while_leasing_hands_its_messages_back_uncounted() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = EmbeddedQueue::open(&settings(dir.path()), Duration::from_millis(5)).unwrap();
+    q.publish(&envelope("dropped")).await.unwrap();
+    // Hold the consumer's writer so that the pull's lease waits behind it.
+    let (release, wait) = std::sync::mpsc::channel::<()>();
+    let held = tokio::spawn({
+        let q = q.clone();
+        async move {
+            q.with_consumer(move |_| {
+                wait.recv().ok();
+                Ok(())
+            })
+            .await
+            .unwrap();
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let sub = q.subscriber();
+    let pull = tokio::spawn(async move { sub.pull(10, WAIT).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    pull.abort();
+    assert!(pull.await.unwrap_err().is_cancelled());
+    release.send(()).unwrap();
+    held.await.unwrap();
+    // The ack deadline is 1 s: only a message handed back comes within 500 ms.
+    let again = q
+        .subscriber()
+        .pull(10, Duration::from_millis(500))
+        .await
+        .unwrap()
+        .pop()
+        .expect("handed back at once");
+    assert_eq!(
+        again.attempt, 1,
+        "the dropped pull's attempt is not counted"
+    );
+    assert_eq!(again.attributes[attr::DELIVERY_ID], "dropped");
+}
+
 /// The attributes of the one message on the dead-letter topic, read from the file.
 fn dead_letter_attributes(s: &EmbeddedQueueSettings) -> BTreeMap<String, String> {
     let attributes: String = Connection::open(&s.path)
