@@ -43,11 +43,7 @@ impl Pacer {
     /// [`Busy`] when that slot is more than `max_wait` away; nothing is reserved then.
     pub fn reserve(&self, now: Instant) -> Result<Instant, Busy> {
         let mut next = self.next_free.lock().expect("pacer lock poisoned");
-        let slot = next.map_or(now, |n| n.max(now));
-        let wait = slot - now;
-        if wait > self.max_wait {
-            return Err(Busy(wait));
-        }
+        let slot = self.free_slot(*next, now)?;
         *next = Some(slot + self.min_interval);
         Ok(slot)
     }
@@ -58,11 +54,18 @@ impl Pacer {
     /// [`Busy`], as for [`Pacer::reserve`].
     pub fn check(&self, now: Instant) -> Result<(), Busy> {
         let next = self.next_free.lock().expect("pacer lock poisoned");
-        let wait = next.map_or(Duration::ZERO, |n| n.max(now) - now);
+        self.free_slot(*next, now).map(|_| ())
+    }
+
+    /// The earliest slot at or after `now` when the next free one is `next`, if it is
+    /// within `max_wait`.
+    fn free_slot(&self, next: Option<Instant>, now: Instant) -> Result<Instant, Busy> {
+        let slot = next.map_or(now, |n| n.max(now));
+        let wait = slot - now;
         if wait > self.max_wait {
             return Err(Busy(wait));
         }
-        Ok(())
+        Ok(slot)
     }
 
     /// Slack answered 429: no slot before `now + retry_after`.
