@@ -15,16 +15,26 @@
 //!   the queue until it is done or dead-lettered.
 //! - The owner message delivered again (it was nacked, its lease ran out, its worker was
 //!   killed) takes over with the next lease.
-//! - A replayed message (replay counter above 0) always takes over: the operator replays
-//!   what was dead-lettered or already done, so no earlier owner is still running.
+//! - A replayed message (replay counter above 0) takes over once the owner has stopped
+//!   working on it: the owner records `lease.N.released` when it settles the message, with
+//!   its last steps when it acks, on its own when it nacks or dead-letters (a nack's
+//!   redelivery then finds the replay's lease and is acked as its duplicate). An operator
+//!   replays what was dead-lettered or already done, so that is the usual case; but a replay
+//!   from the archive can catch a delivery still being processed, and a second replay run
+//!   can catch the first one's copy still posting. A replay that finds a lease neither
+//!   released nor older than [`LIVE_FOR`] goes back to the queue until that lease runs out
+//!   ([`Ownership::Live`]), rather than running beside a live owner. A lease from before
+//!   leases were released (its note has no `at=`) counts as run out.
 //! - A claim lost to the same message (Pub/Sub delivered it twice at once) or to a replay
 //!   that took over at the same moment goes back to the queue instead of running alongside.
 //!
-//! The one overlap left: a message whose lease extensions fail is redelivered while its
-//! first worker still runs, and the redelivery takes over beside it. The runner extends a
-//! lease every third of its ack deadline, by a whole one, to keep that from happening.
+//! The overlaps left: a message whose lease extensions fail is redelivered while its first
+//! worker still runs, and the redelivery takes over beside it (the runner extends a lease
+//! every third of its ack deadline, by a whole one, to keep that from happening); and an
+//! owner still at work [`LIVE_FOR`] after it claimed the lease can have a replay beside it.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use hookline_shared::sink::{Ledger, SinkError};
 
@@ -32,6 +42,24 @@ use crate::retry::RetryPolicy;
 
 /// Ledger steps that hold a lease start with this; the rest is the lease's number.
 pub const LEASE_PREFIX: &str = "lease.";
+
+/// After a lease's step, names the step its owner records when it stops working on the
+/// message (`lease.3.released`): a replay may take over at once.
+const RELEASED: &str = ".released";
+
+/// How long a lease its owner never released counts as live: a replay that finds one
+/// younger waits. With the default settings a message's work stays well below this (three
+/// in-process retries per sink at most 2 s apart, each call bounded by its timeout: Slack's
+/// 10 s, BigQuery's 30 s query; at most 20 s of Slack pacing). An owner that died comes back
+/// itself one ack deadline later and releases when done, so this only decides for owners
+/// gone for good without releasing (a lost ledger write, a worker stopped mid-message whose
+/// message was then deleted).
+pub const LIVE_FOR: Duration = Duration::from_secs(600);
+
+/// The step that says the owner of `lease` (a lease step) stopped working on its message.
+pub fn released(lease: &str) -> String {
+    format!("{lease}{RELEASED}")
+}
 
 /// The message asking to own a delivery.
 #[derive(Debug, Clone, Copy)]
@@ -47,15 +75,23 @@ pub struct Claimant<'a> {
 /// The answer for one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ownership {
-    /// This message does the work. `earlier_attempt`: the ledger already held records
-    /// when it arrived, so an earlier attempt may have written effects it never recorded;
-    /// a sink without a unique key must be asked before it is written again.
-    Owner { earlier_attempt: bool },
+    /// This message does the work, holding `lease` (its step). `earlier_attempt`: the
+    /// ledger already held records when it arrived, so an earlier attempt may have written
+    /// effects it never recorded; a sink without a unique key must be asked before it is
+    /// written again.
+    Owner {
+        earlier_attempt: bool,
+        lease: String,
+    },
     /// Another message (its id here) owns the delivery: ack this copy.
     DuplicateOf(String),
     /// The same message, or a replay, claimed the delivery at this very moment (its id
     /// here): go back to the queue.
     Contended(String),
+    /// A replay found the delivery owned by another message (`owner`) that has not
+    /// released it and may still be at work: go back to the queue until its lease runs
+    /// out (`wait`).
+    Live { owner: String, wait: Duration },
 }
 
 /// Decides who owns the delivery, claiming the next lease when this message may.
@@ -77,17 +113,26 @@ pub async fn acquire(
     along: Option<(&str, &str)>,
 ) -> Result<(Ownership, Option<String>), SinkError> {
     let may_take_over = |owner: &str| owner == me.message_id || me.replay_count > 0;
+    let now_ms = chrono::Utc::now().timestamp_millis();
     let next = match newest_lease(done) {
         None => 1,
-        Some((_, owner)) if !may_take_over(owner) => {
-            return Ok((Ownership::DuplicateOf(owner.to_owned()), None));
+        Some(lease) if !may_take_over(lease.owner) => {
+            return Ok((Ownership::DuplicateOf(lease.owner.to_owned()), None));
         }
-        Some((number, _)) => number + 1,
+        Some(lease) if lease.owner == me.message_id => lease.number + 1,
+        Some(lease) => match lease.live_for(done, now_ms) {
+            Some(wait) => {
+                let owner = lease.owner.to_owned();
+                return Ok((Ownership::Live { owner, wait }, None));
+            }
+            None => lease.number + 1,
+        },
     };
     let step = format!("{LEASE_PREFIX}{next}");
-    // A nonce tells two deliveries of one message attempt apart.
+    // A nonce tells two deliveries of one message attempt apart; `at` is when the lease
+    // was claimed, for a replay to tell a live owner from a gone one.
     let note = format!(
-        "{} attempt={} nonce={:016x}",
+        "{} attempt={} nonce={:016x} at={now_ms}",
         me.message_id,
         me.attempt,
         rand::random::<u64>()
@@ -109,7 +154,11 @@ pub async fn acquire(
     let along_winner = winners.next();
     if winner == note {
         let earlier_attempt = !done.is_empty();
-        return Ok((Ownership::Owner { earlier_attempt }, along_winner));
+        let owner = Ownership::Owner {
+            earlier_attempt,
+            lease: step,
+        };
+        return Ok((owner, along_winner));
     }
     let owner = owner_of(&winner).to_owned();
     let answer = if may_take_over(&owner) {
@@ -120,11 +169,46 @@ pub async fn acquire(
     Ok((answer, along_winner))
 }
 
-/// The highest-numbered lease and the message that holds it.
-fn newest_lease(done: &BTreeMap<String, String>) -> Option<(u32, &str)> {
+/// A lease as the ledger holds it.
+struct Lease<'a> {
+    step: &'a str,
+    number: u32,
+    /// The message that holds it.
+    owner: &'a str,
+    /// When it was claimed (unix ms); `None` in leases from before that was recorded.
+    at_ms: Option<i64>,
+}
+
+impl Lease<'_> {
+    /// How much longer this lease counts as live, `None` when it does not: its owner
+    /// released it, or it is older than [`LIVE_FOR`] (or too old to say when it was taken).
+    fn live_for(&self, done: &BTreeMap<String, String>, now_ms: i64) -> Option<Duration> {
+        if done.contains_key(&released(self.step)) {
+            return None;
+        }
+        let live_ms = i64::try_from(LIVE_FOR.as_millis()).unwrap_or(i64::MAX);
+        let left_ms = self.at_ms?.saturating_add(live_ms).saturating_sub(now_ms);
+        // A lease claimed "in the future" (another worker's clock ahead) is live for at
+        // most LIVE_FOR from now.
+        let left_ms = left_ms.min(live_ms);
+        (left_ms > 0).then(|| Duration::from_millis(left_ms.unsigned_abs()))
+    }
+}
+
+/// The highest-numbered lease.
+fn newest_lease(done: &BTreeMap<String, String>) -> Option<Lease<'_>> {
     done.iter()
-        .filter_map(|(step, note)| Some((lease_number(step)?, owner_of(note))))
-        .max_by_key(|(number, _)| *number)
+        .filter_map(|(step, note)| {
+            Some(Lease {
+                step,
+                number: lease_number(step)?,
+                owner: owner_of(note),
+                at_ms: note
+                    .split(' ')
+                    .find_map(|word| word.strip_prefix("at=")?.parse().ok()),
+            })
+        })
+        .max_by_key(|lease| lease.number)
 }
 
 /// The number of a lease step (`lease.3` is 3); `None` for every other step.
@@ -188,26 +272,120 @@ mod tests {
     async fn the_first_copy_owns_later_copies_are_duplicates_and_the_owner_comes_back() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = SqliteLedger::open(&dir.path().join("l.sqlite3")).unwrap();
-        let owner = |earlier_attempt| Ownership::Owner { earlier_attempt };
+        let owner = |earlier_attempt, n: u32| Ownership::Owner {
+            earlier_attempt,
+            lease: format!("lease.{n}"),
+        };
         let duplicate_of = |m: &str| Ownership::DuplicateOf(m.into());
         // (message, replay counter, expected answer, leases recorded after it)
         let steps = [
-            ("m1", 0, owner(false), 1),
+            ("m1", 0, owner(false, 1), 1),
             ("m2", 0, duplicate_of("m1"), 1),
             // m1 redelivered (nacked, or its worker died): it takes over, knowing an earlier
             // attempt ran.
-            ("m1", 0, owner(true), 2),
+            ("m1", 0, owner(true, 2), 2),
             ("m2", 0, duplicate_of("m1"), 2),
-            // An operator's replay takes over from whoever held it.
-            ("r1", 1, owner(true), 3),
+            // Released by its owner (acked or dead-lettered), a delivery is still m1's for
+            // copies that are not replays.
+            ("release", 0, duplicate_of("m1"), 2),
+            ("m2", 0, duplicate_of("m1"), 2),
+            // An operator's replay takes over from an owner that released it.
+            ("r1", 1, owner(true, 3), 3),
             ("m1", 0, duplicate_of("r1"), 3),
         ];
         for (message_id, replay_count, expected, leases) in steps {
+            if message_id == "release" {
+                let lease = format!("lease.{leases}");
+                ledger
+                    .record("gh", "d", &released(&lease), "")
+                    .await
+                    .unwrap();
+                continue;
+            }
             let got = ask(&ledger, message(message_id, replay_count)).await;
             assert_eq!(got, expected, "{message_id}");
             let done = ledger.done("gh", "d").await.unwrap();
-            let held = done.keys().filter(|k| k.starts_with(LEASE_PREFIX)).count();
+            let held = done.keys().filter(|k| lease_number(k).is_some()).count();
             assert_eq!(held, leases, "{done:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replay_waits_for_an_owner_that_may_still_be_at_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = SqliteLedger::open(&dir.path().join("l.sqlite3")).unwrap();
+        let held_by = |got: Ownership, m: &str| match got {
+            Ownership::Live { owner, wait } => {
+                assert_eq!(owner, m);
+                wait
+            }
+            other => panic!("expected a live lease of {m}, got {other:?}"),
+        };
+        // m1 is at work (claimed, not released): a replay goes back until its lease runs out.
+        assert!(matches!(
+            ask(&ledger, message("m1", 0)).await,
+            Ownership::Owner { .. }
+        ));
+        let wait = held_by(ask(&ledger, message("r1", 1)).await, "m1");
+        assert!(
+            wait > LIVE_FOR - Duration::from_secs(60) && wait <= LIVE_FOR,
+            "{wait:?}"
+        );
+        // Nothing was claimed for the replay, and m1 itself still takes over.
+        let done = ledger.done("gh", "d").await.unwrap();
+        assert!(!done.contains_key("lease.2"), "{done:?}");
+        assert!(matches!(
+            ask(&ledger, message("m1", 0)).await,
+            Ownership::Owner { ref lease, .. } if lease == "lease.2"
+        ));
+        // Released: the replay takes over; a second replay run's copy then waits for it.
+        ledger
+            .record("gh", "d", &released("lease.2"), "")
+            .await
+            .unwrap();
+        assert!(matches!(
+            ask(&ledger, message("r1", 1)).await,
+            Ownership::Owner { ref lease, .. } if lease == "lease.3"
+        ));
+        held_by(ask(&ledger, message("r2", 1)).await, "r1");
+        // The replay redelivered (its own lease) takes over as any owner does.
+        assert!(matches!(
+            ask(&ledger, message("r1", 1)).await,
+            Ownership::Owner { ref lease, .. } if lease == "lease.4"
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_lease_older_than_live_for_or_without_a_time_is_taken_over_by_a_replay() {
+        let now = chrono::Utc::now().timestamp_millis();
+        let live_ms = i64::try_from(LIVE_FOR.as_millis()).unwrap();
+        // (the newest lease's note, whether a replay waits)
+        let cases = [
+            (
+                format!("m1 attempt=1 nonce=0 at={}", now - live_ms - 1_000),
+                false,
+            ),
+            ("m1 attempt=1 nonce=0".to_owned(), false),
+            (
+                format!("m1 attempt=1 nonce=0 at={}", now - live_ms + 60_000),
+                true,
+            ),
+            // Another worker's clock ahead: live, but for no longer than LIVE_FOR.
+            (format!("m1 attempt=1 nonce=0 at={}", now + 3_600_000), true),
+        ];
+        for (note, waits) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let ledger = SqliteLedger::open(&dir.path().join("l.sqlite3")).unwrap();
+            ledger.record("gh", "d", "lease.1", &note).await.unwrap();
+            match ask(&ledger, message("r1", 1)).await {
+                Ownership::Live { wait, .. } => {
+                    assert!(waits && wait <= LIVE_FOR, "{note}: waits {wait:?}")
+                }
+                Ownership::Owner { lease, .. } => {
+                    assert!(!waits && lease == "lease.2", "{note}: took over as {lease}")
+                }
+                other => panic!("{note}: {other:?}"),
+            }
         }
     }
 
@@ -308,7 +486,8 @@ mod tests {
         assert_eq!(
             ask(&ledger, message("m1", 0)).await,
             Ownership::Owner {
-                earlier_attempt: true
+                earlier_attempt: true,
+                lease: "lease.1".into()
             }
         );
     }

@@ -226,7 +226,7 @@ impl Pipeline {
         let along = claimed
             .is_none()
             .then_some(("archive.name", proposed.as_str()));
-        let (earlier_attempt, object) = match ownership::acquire(
+        let (earlier_attempt, object, lease) = match ownership::acquire(
             self.ledger.as_ref(),
             &self.retry,
             (source, id),
@@ -236,9 +236,15 @@ impl Pipeline {
         )
         .await
         {
-            Ok((Ownership::Owner { earlier_attempt }, won)) => {
+            Ok((
+                Ownership::Owner {
+                    earlier_attempt,
+                    lease,
+                },
+                won,
+            )) => {
                 let object = won.or_else(|| claimed.cloned()).unwrap_or(proposed);
-                (earlier_attempt, object)
+                (earlier_attempt, object, lease)
             }
             Ok((Ownership::DuplicateOf(owner), _)) => return Disposition::Duplicate { owner },
             Ok((Ownership::Contended(owner), _)) => {
@@ -248,97 +254,131 @@ impl Pipeline {
                     retry_after: None,
                 };
             }
+            Ok((Ownership::Live { owner, wait }, _)) => {
+                return Disposition::Nack {
+                    sink: "ledger",
+                    reason: format!(
+                        "message {owner} owns this delivery and may still be at work; \
+                         this replay comes back when that lease runs out"
+                    ),
+                    retry_after: Some(wait),
+                };
+            }
             Err(e) => return settle("ledger", e),
         };
-
-        if !done.contains_key("archive") {
-            if let Err(e) = timed(
-                "archive",
-                self.retry
-                    .run("archive", || self.archive.put(&object, envelope)),
-            )
-            .await
-            {
-                return settle("archive", e);
-            }
-            unrecorded.push(("archive", object.clone()));
-        }
-        if !done.contains_key("warehouse") {
-            // A warehouse without a unique key (BigQuery) would take a second row if a crash
-            // fell between its insert and the ledger record: when an earlier attempt ran,
-            // ask the warehouse before inserting again.
-            let inserted = if self.warehouse.deduplicates() || !earlier_attempt {
-                false
-            } else {
-                let received_at = envelope.meta.received_at;
-                match self
-                    .retry
-                    .run("warehouse", || {
-                        self.warehouse.contains(source, id, received_at)
-                    })
-                    .await
+        // The owner says when it stops working on the message (acked, nacked or
+        // dead-lettered), for a replay waiting on it.
+        let released = ownership::released(&lease);
+        let disposition = async {
+            if !done.contains_key("archive") {
+                if let Err(e) = timed(
+                    "archive",
+                    self.retry
+                        .run("archive", || self.archive.put(&object, envelope)),
+                )
+                .await
                 {
-                    Ok(found) => found,
-                    Err(e) => return settle("warehouse", e),
+                    return settle("archive", e);
                 }
-            };
-            // A failed insert may still have landed (the answer was lost): before retrying
-            // into a warehouse without a unique key, ask it.
-            let tried = std::sync::atomic::AtomicBool::new(false);
-            let insert = || async {
-                if tried.swap(true, std::sync::atomic::Ordering::SeqCst)
-                    && !self.warehouse.deduplicates()
-                    && self
-                        .warehouse
-                        .contains(source, id, envelope.meta.received_at)
-                        .await?
+                unrecorded.push(("archive", object.clone()));
+            }
+            if !done.contains_key("warehouse") {
+                // A warehouse without a unique key (BigQuery) would take a second row if a crash
+                // fell between its insert and the ledger record: when an earlier attempt ran,
+                // ask the warehouse before inserting again.
+                let inserted = if self.warehouse.deduplicates() || !earlier_attempt {
+                    false
+                } else {
+                    let received_at = envelope.meta.received_at;
+                    match self
+                        .retry
+                        .run("warehouse", || {
+                            self.warehouse.contains(source, id, received_at)
+                        })
+                        .await
+                    {
+                        Ok(found) => found,
+                        Err(e) => return settle("warehouse", e),
+                    }
+                };
+                // A failed insert may still have landed (the answer was lost): before retrying
+                // into a warehouse without a unique key, ask it.
+                let tried = std::sync::atomic::AtomicBool::new(false);
+                let insert = || async {
+                    if tried.swap(true, std::sync::atomic::Ordering::SeqCst)
+                        && !self.warehouse.deduplicates()
+                        && self
+                            .warehouse
+                            .contains(source, id, envelope.meta.received_at)
+                            .await?
+                    {
+                        return Ok(hookline_shared::sink::Outcome::AlreadyDone);
+                    }
+                    self.warehouse.insert(envelope, &object).await
+                };
+                if !inserted
+                    && let Err(e) = timed("warehouse", self.retry.run("warehouse", insert)).await
                 {
-                    return Ok(hookline_shared::sink::Outcome::AlreadyDone);
+                    return settle("warehouse", e);
                 }
-                self.warehouse.insert(envelope, &object).await
+                unrecorded.push(("warehouse", String::new()));
+            }
+            let message = match self.slack.message_for(envelope) {
+                Ok(m) => m,
+                Err(e) => return settle("slack", e),
             };
-            if !inserted
-                && let Err(e) = timed("warehouse", self.retry.run("warehouse", insert)).await
+            if let Some(message) = message.filter(|_| !done.contains_key("slack")) {
+                if let Err(e) = self.slack.paced_out() {
+                    return settle("slack", e);
+                }
+                // Slack cannot de-duplicate: intent before the post, done after. An intent
+                // without done means an earlier attempt may have posted (the crash window
+                // between Slack's answer and the done record); post again rather than risk
+                // a missed notification, and count it.
+                if done.contains_key("slack.intent") {
+                    tracing::warn!("an earlier attempt may have posted to Slack; posting again");
+                    hookline_shared::metrics::inc("hookline_slack_possible_duplicates_total", &[]);
+                } else {
+                    unrecorded.push(("slack.intent", String::new()));
+                }
+                if let Err(e) = record(std::mem::take(&mut unrecorded)).await {
+                    return settle("ledger", e);
+                }
+                if let Err(e) = timed(
+                    "slack",
+                    self.retry.run("slack", || self.slack.post(&message)),
+                )
+                .await
+                {
+                    return settle("slack", e);
+                }
+                unrecorded.push(("slack", String::new()));
+            }
+            let mut last: Vec<(&str, &str)> =
+                unrecorded.iter().map(|(s, n)| (*s, n.as_str())).collect();
+            last.push((released.as_str(), ""));
+            if let Err(e) = self
+                .retry
+                .run("ledger", || self.ledger.record_all(source, id, &last))
+                .await
             {
-                return settle("warehouse", e);
-            }
-            unrecorded.push(("warehouse", String::new()));
-        }
-        let message = match self.slack.message_for(envelope) {
-            Ok(m) => m,
-            Err(e) => return settle("slack", e),
-        };
-        if let Some(message) = message.filter(|_| !done.contains_key("slack")) {
-            if let Err(e) = self.slack.paced_out() {
-                return settle("slack", e);
-            }
-            // Slack cannot de-duplicate: intent before the post, done after. An intent
-            // without done means an earlier attempt may have posted (the crash window
-            // between Slack's answer and the done record); post again rather than risk
-            // a missed notification, and count it.
-            if done.contains_key("slack.intent") {
-                tracing::warn!("an earlier attempt may have posted to Slack; posting again");
-                hookline_shared::metrics::inc("hookline_slack_possible_duplicates_total", &[]);
-            } else {
-                unrecorded.push(("slack.intent", String::new()));
-            }
-            if let Err(e) = record(std::mem::take(&mut unrecorded)).await {
                 return settle("ledger", e);
             }
-            if let Err(e) = timed(
-                "slack",
-                self.retry.run("slack", || self.slack.post(&message)),
-            )
-            .await
+            Disposition::Ack
+        }
+        .await;
+        if disposition != Disposition::Ack {
+            // Best effort (an ack records it with its last steps): left unreleased, a replay
+            // waits until the lease runs out; this message's own redelivery does not.
+            if let Err(e) = self
+                .retry
+                .run("ledger", || self.ledger.record(source, id, &released, ""))
+                .await
             {
-                return settle("slack", e);
+                tracing::warn!(error = %e, "could not release the delivery; a replay of it waits until its lease runs out");
             }
-            unrecorded.push(("slack", String::new()));
         }
-        if let Err(e) = record(unrecorded).await {
-            return settle("ledger", e);
-        }
-        Disposition::Ack
+        disposition
     }
 }
 
@@ -828,7 +868,7 @@ pub(crate) mod tests {
                 "claim lease,archive.name",
                 "record archive,warehouse,slack.intent",
                 "slack post",
-                "record slack",
+                "record slack,lease.1.released",
             ]
         );
         let done = p.ledger.done("gh", "together").await.unwrap();
@@ -845,7 +885,7 @@ pub(crate) mod tests {
         );
         assert_eq!(
             log.lock().unwrap().last().map(String::as_str),
-            Some("record archive,warehouse")
+            Some("record archive,warehouse,lease.1.released")
         );
         slack.verify().await;
     }
@@ -886,6 +926,95 @@ pub(crate) mod tests {
             .map(|entry| entry.unwrap().file_name())
             .collect::<Vec<_>>();
         assert_eq!(objects.len(), 1, "{objects:?}");
+    }
+
+    /// A replay waits for an owner that has not said it is finished (acked or dead-lettered
+    /// the message): running beside it could post to Slack twice.
+    #[tokio::test]
+    async fn a_replay_runs_only_once_the_owner_is_finished_with_the_delivery() {
+        let dir = tempfile::tempdir().unwrap();
+        let slack = slack_mock(Some(2)).await;
+        let p = slack_pipeline(dir.path(), &slack);
+        let replay_of = |e: &Envelope| {
+            let mut r = e.clone();
+            r.meta.replay_count = 1;
+            r
+        };
+        // m1 claimed the delivery (it is at work, or died mid-way): the replay goes back to
+        // the queue for as long as that lease may still be live, and posts nothing.
+        let e = opened_issue("live");
+        p.ledger
+            .record(
+                "gh",
+                "live",
+                "lease.1",
+                &format!(
+                    "m1 attempt=1 nonce=0 at={}",
+                    chrono::Utc::now().timestamp_millis()
+                ),
+            )
+            .await
+            .unwrap();
+        match p.handle(&replay_of(&e), "r1", 1).await {
+            Disposition::Nack {
+                sink: "ledger",
+                retry_after: Some(wait),
+                ..
+            } => assert!(wait > ownership::LIVE_FOR / 2, "{wait:?}"),
+            other => panic!("expected a nack until the lease runs out, got {other:?}"),
+        }
+        // m1 comes back and finishes: acked, released; the replay then runs and posts
+        // nothing again (the ledger has it all).
+        assert_eq!(p.handle(&e, "m1", 2).await, Disposition::Ack);
+        assert_eq!(p.handle(&replay_of(&e), "r1", 2).await, Disposition::Ack);
+        let done = p.ledger.done("gh", "live").await.unwrap();
+        assert!(done.contains_key("lease.3.released"), "{done:?}");
+
+        // A dead-lettered owner releases the delivery too: its replay runs at once.
+        let mut poison = opened_issue("dead");
+        poison.body = Bytes::from_static(br#"{"action":"opened","issue":{"title":"no url"}}"#);
+        assert!(matches!(
+            p.handle(&poison, "m2", 1).await,
+            Disposition::DeadLetter(_)
+        ));
+        let fixed = replay_of(&opened_issue("dead"));
+        assert_eq!(p.handle(&fixed, "r2", 1).await, Disposition::Ack);
+        slack.verify().await;
+    }
+
+    /// A nacked owner released the delivery: a replay runs at once, and the owner's
+    /// redelivery is then the replay's duplicate.
+    #[tokio::test]
+    async fn a_replay_after_the_owner_nacked_runs_at_once_and_the_redelivery_is_its_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let failing = pipeline(
+            dir.path(),
+            Arc::new(FlakyWarehouse {
+                transient: true,
+                ..Default::default()
+            }),
+        );
+        let e = envelope("nacked", "push");
+        assert!(matches!(
+            failing.handle(&e, "m1", 1).await,
+            Disposition::Nack {
+                sink: "warehouse",
+                ..
+            }
+        ));
+        let done = failing.ledger.done("gh", "nacked").await.unwrap();
+        assert!(done.contains_key("lease.1.released"), "{done:?}");
+        drop(failing);
+
+        let warehouse = SqliteWarehouse::open(&dir.path().join("w.sqlite3")).unwrap();
+        let p = pipeline(dir.path(), Arc::new(warehouse));
+        let mut replay = e.clone();
+        replay.meta.replay_count = 1;
+        assert_eq!(p.handle(&replay, "r1", 1).await, Disposition::Ack);
+        assert_eq!(
+            p.handle(&e, "m1", 2).await,
+            Disposition::Duplicate { owner: "r1".into() }
+        );
     }
 
     #[tokio::test]
