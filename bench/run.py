@@ -1138,7 +1138,10 @@ def render(ctx: Ctx, info: dict, R: dict, failures: dict, started: float, finish
         "to the service, but here it runs on the same 2 cores and bounds (3) and (4).")
     add("- **Start → ready**: from spawning the process until the first 200 on its ready URL, "
         "polled every 1 ms (hookline: `GET /readyz`, which for ingest also checks the queue; "
-        "gunicorn: `GET /healthz` of the app, answered once a worker has loaded it; webhook: `GET /`).")
+        "gunicorn: `GET /healthz` of the app, answered once a worker has loaded it; webhook: `GET /`). "
+        "Before the first measurement the harness writes every dirty page back (`sync`): the build "
+        "`bench/run.sh` just made was otherwise written back about 30 s later, in front of (2)'s "
+        "first syncs (its first start took ~200 ms that way, against ~12 ms after a `sync`).")
     add("- **p99 at half of max sustainable rate** ((2) and (3)): wrk paced by the same Lua script "
         "(`BENCH_RATE`): each wrk thread keeps an absolute schedule, request *k* due at *k* × "
         "threads / rate, and a connection that comes free waits for the next due slot, so arrivals "
@@ -1463,6 +1466,20 @@ def set_aside(ctx: Ctx) -> None:
         ctx.work.rename(WORK_ROOT / f"{SET_ASIDE_PREFIX}{time.time_ns()}")
 
 
+def write_back_first() -> None:
+    """Writes every dirty page of the machine to disk before the first measurement.
+
+    Why: `bench/run.sh` builds hookline just before (a 180 MB binary and its crates), and the
+    kernel starts writing that back about 30 s later, when (2) starts. Its first syncs then
+    queued behind the build's writeback: (2)'s first start took 187.5 and 212.6 ms in the
+    full runs of 2026-11-25 (8-13 ms for the starts after it), and 207.9 ms against 12.2 ms
+    with a `sync` after the build in an A/B of the same sequence. Costs well under a second.
+    """
+    t0 = time.perf_counter()
+    os.sync()
+    log(f"wrote back the page cache's dirty data in {time.perf_counter() - t0:.2f} s")
+
+
 def delete_set_aside() -> None:
     for old in WORK_ROOT.glob(f"{SET_ASIDE_PREFIX}*"):
         shutil.rmtree(old, ignore_errors=True)
@@ -1481,6 +1498,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGHUP, on_signal)
     set_aside(ctx)
     ctx.logs.mkdir(parents=True, exist_ok=True)
+    write_back_first()
     started = time.time()
     log(f"hookline binary {ctx.hookline}; selected: {', '.join(args.selected)}; "
         f"{args.reps} × {args.duration} s after {args.warmup} s warm-up ({args.emulator_warmup} s through "
