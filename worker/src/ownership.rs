@@ -17,8 +17,9 @@
 //!   killed) takes over with the next lease.
 //! - A replayed message (replay counter above 0) takes over once the owner has stopped
 //!   working on it: the owner records `lease.N.released` when it settles the message, with
-//!   its last steps when it acks, on its own when it nacks or dead-letters (a nack's
-//!   redelivery then finds the replay's lease and is acked as its duplicate). An operator
+//!   its last steps when it acks, on its own when it nacks or dead-letters, and the runner
+//!   records it when a shutdown stops the work (a nack's redelivery then finds the replay's
+//!   lease and is acked as its duplicate). An operator
 //!   replays what was dead-lettered or already done, so that is the usual case; but a replay
 //!   from the archive can catch a delivery still being processed, and a second replay run
 //!   can catch the first one's copy still posting. A replay that finds a lease neither
@@ -52,9 +53,19 @@ const RELEASED: &str = ".released";
 /// in-process retries per sink at most 2 s apart, each call bounded by its timeout: Slack's
 /// 10 s, BigQuery's 30 s query; at most 20 s of Slack pacing). An owner that died comes back
 /// itself one ack deadline later and releases when done, so this only decides for owners
-/// gone for good without releasing (a lost ledger write, a worker stopped mid-message whose
-/// message was then deleted).
+/// gone for good without releasing: killed on their message's last attempt (the queue then
+/// dead-letters it without running it again), a lost ledger write, a deleted message.
 pub const LIVE_FOR: Duration = Duration::from_secs(600);
+
+/// Whether `step` is a lease's release.
+pub fn is_release(step: &str) -> bool {
+    step.strip_suffix(RELEASED)
+        .is_some_and(|lease| lease_number(lease).is_some())
+}
+
+/// How far ahead of this worker's clock another worker's may be for its lease times to
+/// count (Cloud Run's clocks are kept by Google's NTP, well within this).
+const CLOCK_SKEW_MS: i64 = 60_000;
 
 /// The step that says the owner of `lease` (a lease step) stopped working on its message.
 pub fn released(lease: &str) -> String {
@@ -187,12 +198,26 @@ impl Lease<'_> {
             return None;
         }
         let live_ms = i64::try_from(LIVE_FOR.as_millis()).unwrap_or(i64::MAX);
-        let left_ms = self.at_ms?.saturating_add(live_ms).saturating_sub(now_ms);
-        // A lease claimed "in the future" (another worker's clock ahead) is live for at
-        // most LIVE_FOR from now.
-        let left_ms = left_ms.min(live_ms);
+        let at_ms = self.at_ms?;
+        // Claimed "in the future": the claiming worker's clock is ahead of ours. Up to
+        // CLOCK_SKEW it is taken as now; beyond, the time tells nothing and is not waited
+        // on (a replay waiting on it would find it live at every attempt).
+        if at_ms > now_ms.saturating_add(CLOCK_SKEW_MS) {
+            return None;
+        }
+        let left_ms = at_ms
+            .min(now_ms)
+            .saturating_add(live_ms)
+            .saturating_sub(now_ms);
         (left_ms > 0).then(|| Duration::from_millis(left_ms.unsigned_abs()))
     }
+}
+
+/// The newest lease's step when `message_id` holds it and has not released it.
+pub fn held_by<'a>(done: &'a BTreeMap<String, String>, message_id: &str) -> Option<&'a str> {
+    newest_lease(done)
+        .filter(|lease| lease.owner == message_id && !done.contains_key(&released(lease.step)))
+        .map(|lease| lease.step)
 }
 
 /// The highest-numbered lease.
@@ -370,8 +395,14 @@ mod tests {
                 format!("m1 attempt=1 nonce=0 at={}", now - live_ms + 60_000),
                 true,
             ),
-            // Another worker's clock ahead: live, but for no longer than LIVE_FOR.
-            (format!("m1 attempt=1 nonce=0 at={}", now + 3_600_000), true),
+            // Another worker's clock a little ahead: live, for no longer than LIVE_FOR.
+            (format!("m1 attempt=1 nonce=0 at={}", now + 30_000), true),
+            // Far ahead: its time tells nothing, and a replay waiting on it would wait at
+            // every attempt.
+            (
+                format!("m1 attempt=1 nonce=0 at={}", now + 3_600_000),
+                false,
+            ),
         ];
         for (note, waits) in cases {
             let dir = tempfile::tempdir().unwrap();
@@ -500,9 +531,15 @@ mod tests {
             "lease.1",
             "lease.10",
             "lease.9",
+            "lease.9.released",
+            "lease.11.released",
             "slack",
         ];
+        // A release is not a lease, whatever its number.
         assert_eq!(notes_to_read(steps), ["archive.name", "lease.10"]);
         assert_eq!(notes_to_read(["warehouse", "lease.x"]), Vec::<&str>::new());
+        assert!(is_release("lease.11.released") && is_release(&released("lease.2")));
+        assert!(!is_release("lease.11") && !is_release("lease.x.released"));
+        assert!(!is_release("slack.released"));
     }
 }

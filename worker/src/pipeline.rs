@@ -382,6 +382,32 @@ impl Pipeline {
     }
 }
 
+impl Pipeline {
+    /// Records that `message_id` stopped working on `envelope`'s delivery, when it holds
+    /// the delivery's newest lease: for work stopped from outside [`Pipeline::handle`] (a
+    /// worker shutting down), so a replay need not wait out the lease. Not for a lease lost
+    /// to another worker: that one may hold the same message's newer lease by now. Best
+    /// effort, no retries (a shutdown has little time): unreleased, a replay waits.
+    pub async fn release_if_owner(&self, envelope: &Envelope, message_id: &str) {
+        let (source, id) = (
+            envelope.meta.source.as_str(),
+            envelope.meta.delivery_id.as_str(),
+        );
+        let released = match self.ledger.done(source, id).await {
+            Ok(done) => ownership::held_by(&done, message_id).map(ownership::released),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the ledger to release the delivery");
+                return;
+            }
+        };
+        if let Some(step) = released
+            && let Err(e) = self.ledger.record(source, id, &step, "").await
+        {
+            tracing::warn!(error = %e, "could not release the delivery; a replay of it waits until its lease runs out");
+        }
+    }
+}
+
 /// Runs one sink call, recording its duration and outcome.
 async fn timed<T>(
     sink: &'static str,

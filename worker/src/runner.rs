@@ -232,11 +232,17 @@ pub async fn process(pipeline: Arc<Pipeline>, delivery: Delivery, mut abandon: A
             loop {
                 tokio::select! {
                     d = &mut work => break d,
-                    () = abandon.requested() => break Disposition::Nack {
-                        sink: "shutdown",
-                        reason: "the worker is shutting down".into(),
-                        retry_after: None,
-                    },
+                    () = abandon.requested() => {
+                        // The work stopped here, outside the pipeline: say so in the ledger
+                        // before the nack (nothing else holds the message yet), so a replay
+                        // of it need not wait out the lease.
+                        pipeline.release_if_owner(&envelope, &delivery.message_id).await;
+                        break Disposition::Nack {
+                            sink: "shutdown",
+                            reason: "the worker is shutting down".into(),
+                            retry_after: None,
+                        };
+                    }
                     _ = keepalive.tick() => match delivery.acker.extend(by).await {
                         Ok(()) => {}
                         // Another worker holds it now and does the work: stop here, before
@@ -466,6 +472,63 @@ mod tests {
             ["ack", "nack"]
         );
         slack.verify().await; // one post: the first message's
+    }
+
+    /// Work stopped by a shutdown releases the delivery before its nack (a replay need not
+    /// wait out the lease); work stopped by a lost lease does not (the message's new holder
+    /// may hold a newer lease of the same message id).
+    #[tokio::test]
+    async fn a_shutdown_releases_the_delivery_and_a_lost_lease_does_not() {
+        use crate::pipeline::tests::{opened_issue, paced_slack_pipeline, slack_mock};
+        let dir = tempfile::tempdir().unwrap();
+        let slack = slack_mock(Some(1)).await;
+        let pipeline = Arc::new(paced_slack_pipeline(dir.path(), &slack, 5_000, 10_000));
+        let settled = Arc::new(Mutex::new(Vec::new()));
+        let delivery = |id: &str, lease_lost: bool| {
+            let e = opened_issue(id);
+            Delivery {
+                message_id: format!("m-{id}"),
+                body: e.body.clone(),
+                attributes: e.meta.to_attributes(),
+                attempt: 1,
+                acker: Box::new(Recording(Arc::clone(&settled), lease_lost)),
+            }
+        };
+        // The first posts; the next two wait for their Slack slot, 5 s away.
+        process(
+            Arc::clone(&pipeline),
+            delivery("first", false),
+            Abandon::never(),
+        )
+        .await;
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = tokio::spawn(process(
+            Arc::clone(&pipeline),
+            delivery("stopped", false),
+            Abandon(Some(stop_rx)),
+        ));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.send(true).unwrap();
+        stopped.await.unwrap();
+        process(
+            Arc::clone(&pipeline),
+            delivery("lost", true),
+            Abandon::never(),
+        )
+        .await;
+        assert_eq!(*settled.lock().unwrap(), ["ack", "nack", "nack"]);
+        let done = |id: &'static str| {
+            let ledger = Arc::clone(&pipeline.ledger);
+            async move { ledger.done("gh", id).await.unwrap() }
+        };
+        let stopped = done("stopped").await;
+        assert!(stopped.contains_key("lease.1.released"), "{stopped:?}");
+        let lost = done("lost").await;
+        assert!(
+            lost.contains_key("lease.1") && !lost.contains_key("lease.1.released"),
+            "{lost:?}"
+        );
+        slack.verify().await;
     }
 
     #[tokio::test]

@@ -242,20 +242,28 @@ impl Ledger for GcsArchive {
         .map(drop)
     }
 
-    /// The uploads run at once: the steps are independent objects.
+    /// The uploads run at once (the steps are independent objects), except a lease's
+    /// release, uploaded once the others are stored: it tells a waiting replay that the work
+    /// is over, and must not be seen before the steps that say what was done (a replay
+    /// seeing `slack.intent` without `slack` posts again).
     async fn record_all(
         &self,
         source: &str,
         delivery_id: &str,
         steps: &[(&str, &str)],
     ) -> Result<(), SinkError> {
-        futures_util::future::try_join_all(
-            steps
-                .iter()
-                .map(|(step, note)| self.record(source, delivery_id, step, note)),
-        )
-        .await
-        .map(drop)
+        let (releases, others): (Vec<_>, Vec<_>) = steps
+            .iter()
+            .partition(|(step, _)| crate::ownership::is_release(step));
+        for group in [others, releases] {
+            futures_util::future::try_join_all(
+                group
+                    .iter()
+                    .map(|(step, note)| self.record(source, delivery_id, step, note)),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// One create-only upload says who won; only a lost claim reads the winner's note.
@@ -453,6 +461,50 @@ mod tests {
         assert_eq!(done["lease.1"], "");
         assert_eq!(done["slack"], "");
         // Dropping the server checks each mock's expected number of requests.
+    }
+
+    /// A lease's release is uploaded only once the other steps are stored; when one of
+    /// them fails, not at all.
+    #[tokio::test]
+    async fn the_ledger_uploads_a_release_after_the_other_steps() {
+        use wiremock::matchers::body_string_contains;
+        for others_stored in [false, true] {
+            let server = MockServer::start().await;
+            Mock::given(method("POST"))
+                .and(body_string_contains("lease.1.released"))
+                .respond_with(ResponseTemplate::new(200).set_body_json(object_json("r")))
+                .with_priority(1)
+                .expect(u64::from(others_stored))
+                .mount(&server)
+                .await;
+            // Answered late, so that uploads made at once would all have been sent.
+            let answer = if others_stored {
+                ResponseTemplate::new(200).set_body_json(object_json("o"))
+            } else {
+                ResponseTemplate::new(403).set_body_json(error_body(403, serde_json::Value::Null))
+            }
+            .set_delay(std::time::Duration::from_millis(300));
+            Mock::given(method("POST"))
+                .respond_with(answer)
+                .with_priority(2)
+                .expect(2)
+                .mount(&server)
+                .await;
+            let steps = [("slack", ""), ("lease.1.released", ""), ("warehouse", "")];
+            let got = archive_on(&server)
+                .await
+                .record_all("gh", "d1", &steps)
+                .await;
+            assert_eq!(got.is_ok(), others_stored, "{got:?}");
+            // Dropping the server checks each mock's expected number of requests.
+        }
+    }
+
+    fn object_json(name: &str) -> serde_json::Value {
+        serde_json::json!({
+            "kind": "storage#object", "name": name, "id": name, "bucket": "bkt",
+            "selfLink": "l", "mediaLink": "l", "generation": "1", "metageneration": "1",
+        })
     }
 
     fn regex_escape(s: &str) -> String {
