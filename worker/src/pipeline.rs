@@ -267,7 +267,9 @@ impl Pipeline {
             Err(e) => return settle("ledger", e),
         };
         // The owner says when it stops working on the message (acked, nacked or
-        // dead-lettered), for a replay waiting on it.
+        // dead-lettered), for a replay waiting on it. The effects run in an async block:
+        // each `return` in it ends the block, not `handle`, so the release after it runs
+        // whatever the outcome.
         let released = ownership::released(&lease);
         let disposition = async {
             if !done.contains_key("archive") {
@@ -593,22 +595,9 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn transient_sink_failure_nacks_after_in_process_retries() {
         let dir = tempfile::tempdir().unwrap();
-        let warehouse = Arc::new(FlakyWarehouse {
-            transient: true,
-            ..Default::default()
-        });
-        let p = pipeline(dir.path(), warehouse.clone());
-        let got = p.handle(&envelope("d1", "push"), "m1", 1).await;
-        assert!(
-            matches!(
-                got,
-                Disposition::Nack {
-                    sink: "warehouse",
-                    ..
-                }
-            ),
-            "{got:?}"
-        );
+        let warehouse = transient_warehouse();
+        let e = envelope("d1", "push");
+        nacked_for_the_warehouse(dir.path(), &e, warehouse.clone()).await;
         assert_eq!(warehouse.calls.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 
@@ -916,28 +905,43 @@ pub(crate) mod tests {
         slack.verify().await;
     }
 
+    fn transient_warehouse() -> Arc<FlakyWarehouse> {
+        Arc::new(FlakyWarehouse {
+            transient: true,
+            ..Default::default()
+        })
+    }
+
+    /// Runs `e` as message m1's first attempt through a pipeline in `dir` with `warehouse`,
+    /// checks it was nacked for the warehouse, and returns the ledger.
+    async fn nacked_for_the_warehouse(
+        dir: &std::path::Path,
+        e: &Envelope,
+        warehouse: Arc<FlakyWarehouse>,
+    ) -> BTreeMap<String, String> {
+        let failing = pipeline(dir, warehouse);
+        let got = failing.handle(e, "m1", 1).await;
+        assert!(
+            matches!(
+                got,
+                Disposition::Nack {
+                    sink: "warehouse",
+                    ..
+                }
+            ),
+            "{got:?}"
+        );
+        let (source, id) = (&e.meta.source, &e.meta.delivery_id);
+        failing.ledger.done(source, id).await.unwrap()
+    }
+
     #[tokio::test]
     async fn a_failure_after_the_archive_leaves_it_unrecorded_and_the_next_attempt_writes_it_once()
     {
         let dir = tempfile::tempdir().unwrap();
-        let failing = pipeline(
-            dir.path(),
-            Arc::new(FlakyWarehouse {
-                transient: true,
-                ..Default::default()
-            }),
-        );
         let e = envelope("redo", "push");
-        assert!(matches!(
-            failing.handle(&e, "m1", 1).await,
-            Disposition::Nack {
-                sink: "warehouse",
-                ..
-            }
-        ));
-        let done = failing.ledger.done("gh", "redo").await.unwrap();
+        let done = nacked_for_the_warehouse(dir.path(), &e, transient_warehouse()).await;
         assert!(!done.contains_key("archive"), "{done:?}");
-        drop(failing);
 
         let warehouse = SqliteWarehouse::open(&dir.path().join("w.sqlite3")).unwrap();
         let p = pipeline(dir.path(), Arc::new(warehouse));
@@ -1013,24 +1017,9 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_replay_after_the_owner_nacked_runs_at_once_and_the_redelivery_is_its_duplicate() {
         let dir = tempfile::tempdir().unwrap();
-        let failing = pipeline(
-            dir.path(),
-            Arc::new(FlakyWarehouse {
-                transient: true,
-                ..Default::default()
-            }),
-        );
         let e = envelope("nacked", "push");
-        assert!(matches!(
-            failing.handle(&e, "m1", 1).await,
-            Disposition::Nack {
-                sink: "warehouse",
-                ..
-            }
-        ));
-        let done = failing.ledger.done("gh", "nacked").await.unwrap();
+        let done = nacked_for_the_warehouse(dir.path(), &e, transient_warehouse()).await;
         assert!(done.contains_key("lease.1.released"), "{done:?}");
-        drop(failing);
 
         let warehouse = SqliteWarehouse::open(&dir.path().join("w.sqlite3")).unwrap();
         let p = pipeline(dir.path(), Arc::new(warehouse));
