@@ -19,13 +19,13 @@
 //!   working on it: the owner records `lease.N.released` when it settles the message, with
 //!   its last steps when it acks, on its own when it nacks or dead-letters, and the runner
 //!   records it when a shutdown stops the work (a nack's redelivery then finds the replay's
-//!   lease and is acked as its duplicate). An operator
-//!   replays what was dead-lettered or already done, so that is the usual case; but a replay
-//!   from the archive can catch a delivery still being processed, and a second replay run
-//!   can catch the first one's copy still posting. A replay that finds a lease neither
-//!   released nor older than [`LIVE_FOR`] goes back to the queue until that lease runs out
-//!   ([`Ownership::Live`]), rather than running beside a live owner. A lease from before
-//!   leases were released (its note has no `at=`) counts as run out.
+//!   lease and is acked as its duplicate). An operator replays what was dead-lettered or
+//!   already done, so that is the usual case; but a replay from the archive can catch a
+//!   delivery still being processed, and a second replay run can catch the first one's copy
+//!   still posting. A replay that finds a lease neither released nor older than
+//!   [`LIVE_FOR`] goes back to the queue until that lease runs out ([`Ownership::Live`]),
+//!   rather than running beside a live owner. A lease from before leases were released (its
+//!   note has no `at=`) counts as run out.
 //! - A claim lost to the same message (Pub/Sub delivered it twice at once) or to a replay
 //!   that took over at the same moment goes back to the queue instead of running alongside.
 //!
@@ -200,7 +200,7 @@ impl Lease<'_> {
         let live_ms = i64::try_from(LIVE_FOR.as_millis()).unwrap_or(i64::MAX);
         let at_ms = self.at_ms?;
         // Claimed "in the future": the claiming worker's clock is ahead of ours. Up to
-        // CLOCK_SKEW it is taken as now; beyond, the time tells nothing and is not waited
+        // CLOCK_SKEW_MS it is taken as now; beyond, the time tells nothing and is not waited
         // on (a replay waiting on it would find it live at every attempt).
         if at_ms > now_ms.saturating_add(CLOCK_SKEW_MS) {
             return None;
