@@ -174,6 +174,8 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
     /// what it did since the last record in one call, just before the next effect that
     /// depends on it, so a message costs fewer round trips to the ledger. A failure may
     /// leave some of the steps recorded: each step is one an earlier attempt may have done.
+    /// But a lease's release (`lease.N.released`, the worker's ownership module) must not
+    /// be stored before the call's other steps: it tells a waiting replay the work is over.
     ///
     /// # Errors
     /// Classified per engine.

@@ -191,10 +191,15 @@ struct Lease<'a> {
 }
 
 impl Lease<'_> {
+    /// Whether its owner recorded that it stopped working on the message.
+    fn is_released(&self, done: &BTreeMap<String, String>) -> bool {
+        done.contains_key(&released(self.step))
+    }
+
     /// How much longer this lease counts as live, `None` when it does not: its owner
     /// released it, or it is older than [`LIVE_FOR`] (or too old to say when it was taken).
     fn live_for(&self, done: &BTreeMap<String, String>, now_ms: i64) -> Option<Duration> {
-        if done.contains_key(&released(self.step)) {
+        if self.is_released(done) {
             return None;
         }
         let live_ms = i64::try_from(LIVE_FOR.as_millis()).unwrap_or(i64::MAX);
@@ -216,7 +221,7 @@ impl Lease<'_> {
 /// The newest lease's step when `message_id` holds it and has not released it.
 pub fn held_by<'a>(done: &'a BTreeMap<String, String>, message_id: &str) -> Option<&'a str> {
     newest_lease(done)
-        .filter(|lease| lease.owner == message_id && !done.contains_key(&released(lease.step)))
+        .filter(|lease| lease.owner == message_id && !lease.is_released(done))
         .map(|lease| lease.step)
 }
 
