@@ -15,18 +15,30 @@ syncs, and the alternatives a redesign could use, without hookline in the way:
 
     python3 bench/sync_latency.py [--dir target/sync-latency] [--syncs 400] [--rounds 2]
                                   [--body-kib 130] [--wal-kib 48]
+                                  [--beside-load [--hookline target/release/hookline]]
+
+--beside-load times the same syncs while `hookline ingest` on the null queue takes wrk's load
+(as contender (1) does: 32 connections, the harness's signed POST, no disk): on this VM a
+sync takes longer while the CPUs are busy, and (2) keeps them busy itself (BENCHMARKS.md,
+tenth session). Run it once without and once with the flag to compare.
 
 The defaults are a batch as measured under (2)'s full load on 2026-11-24 (about 13
 publishes of 9.6 KB, 36-73 KB of WAL frames). Prints p50, p90 and the mean per mode and
 round; deletes its files at the end. Used in BENCHMARKS.md (ninth session).
 """
 import argparse
+import contextlib
 import ctypes
+import hashlib
+import hmac
 import os
 import shutil
 import statistics
+import subprocess
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 LIBC = ctypes.CDLL(None, use_errno=True)
 WAL_FILE = 4 << 20  # a WAL that is overwritten in place, as SQLite's is once restarted
@@ -39,7 +51,59 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--body-kib", type=int, default=130)
     p.add_argument("--wal-kib", type=int, default=48)
+    p.add_argument("--beside-load", action="store_true",
+                   help="measure while hookline ingest (null queue) takes wrk's load")
+    p.add_argument("--hookline", default="target/release/hookline",
+                   help="the binary --beside-load runs")
     a = p.parse_args()
+    with contextlib.ExitStack() as stack:
+        if a.beside_load:
+            stack.enter_context(cpu_load(Path(a.hookline)))
+        return measure(a)
+
+
+@contextlib.contextmanager
+def cpu_load(hookline: Path):
+    """`hookline ingest` on the null queue under wrk's closed-loop load (32 connections, the
+    harness's signed POST) until the block ends: busy CPUs and no disk, as contender (1)."""
+    import run  # bench/run.py: the harness's config, service and wrk settings
+
+    if not hookline.is_file():
+        raise SystemExit(f"{hookline} is missing: build it (cargo build --release) or pass --hookline")
+    with tempfile.TemporaryDirectory(prefix="sync-latency-load-") as tmp:
+        config = Path(tmp) / "null.toml"
+        config.write_text(run.hookline_toml("null"))
+        port = run.free_port()
+        service = run.Service("sync-latency-ingest", [str(hookline.resolve()), "--config", str(config), "ingest"],
+                              run.clean_env({"PORT": str(port), "RUST_LOG": "warn"}), port, "/readyz",
+                              Path(tmp))
+        body = run.PAYLOAD.read_bytes()
+        env = run.clean_env({
+            "BENCH_BODY": str(run.PAYLOAD), "BENCH_PATH": run.HOOK_PATH, "BENCH_UNIQUE_IDS": "1",
+            "BENCH_SIGNATURE": hmac.new(run.SECRET.encode(), body, hashlib.sha256).hexdigest(),
+            "BENCH_RUN_ID": f"sync-latency-{os.getpid()}", "BENCH_THREADS": "2",
+        })
+        wrk = None
+        try:
+            service.start()
+            wrk = subprocess.Popen(
+                ["wrk", "-t2", "-c32", "-d3600s", "-s", str(run.LUA),
+                 f"http://127.0.0.1:{port}{run.HOOK_PATH}"],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(2)  # past wrk's connection set-up
+            if wrk.poll() is not None:
+                raise SystemExit(f"wrk exited with {wrk.returncode} before the measurement")
+            print(f"beside load: {hookline} ingest (null queue) under wrk, 32 connections", flush=True)
+            yield
+            service.check_alive()
+        finally:
+            if wrk is not None:
+                wrk.terminate()
+                wrk.wait()
+            service.stop()
+
+
+def measure(a: argparse.Namespace) -> int:
     os.makedirs(a.dir, exist_ok=True)
     body, wal = os.urandom(a.body_kib << 10), os.urandom(a.wal_kib << 10)
     span = a.syncs * len(body) + (1 << 20)
