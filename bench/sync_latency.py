@@ -31,8 +31,10 @@ import contextlib
 import ctypes
 import hashlib
 import hmac
+import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -69,14 +71,16 @@ def cpu_load(hookline: Path):
     import run  # bench/run.py: the harness's config, service and wrk settings
 
     if not hookline.is_file():
-        raise SystemExit(f"{hookline} is missing: build it (cargo build --release) or pass --hookline")
+        raise SystemExit(f"{hookline} is missing: build it (cargo build --release) "
+                         "or pass --hookline")
     with tempfile.TemporaryDirectory(prefix="sync-latency-load-") as tmp:
         config = Path(tmp) / "null.toml"
         config.write_text(run.hookline_toml("null"))
         port = run.free_port()
-        service = run.Service("sync-latency-ingest", [str(hookline.resolve()), "--config", str(config), "ingest"],
-                              run.clean_env({"PORT": str(port), "RUST_LOG": "warn"}), port, "/readyz",
-                              Path(tmp))
+        argv = [str(hookline.resolve()), "--config", str(config), "ingest"]
+        service = run.Service("sync-latency-ingest", argv,
+                              run.clean_env({"PORT": str(port), "RUST_LOG": "warn"}), port,
+                              "/readyz", Path(tmp))
         body = run.PAYLOAD.read_bytes()
         env = run.clean_env({
             "BENCH_BODY": str(run.PAYLOAD), "BENCH_PATH": run.HOOK_PATH, "BENCH_UNIQUE_IDS": "1",
@@ -89,16 +93,31 @@ def cpu_load(hookline: Path):
             wrk = subprocess.Popen(
                 ["wrk", "-t2", "-c32", "-d3600s", "-s", str(run.LUA),
                  f"http://127.0.0.1:{port}{run.HOOK_PATH}"],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             time.sleep(2)  # past wrk's connection set-up
             if wrk.poll() is not None:
-                raise SystemExit(f"wrk exited with {wrk.returncode} before the measurement")
-            print(f"beside load: {hookline} ingest (null queue) under wrk, 32 connections", flush=True)
+                raise SystemExit(f"wrk exited with {wrk.returncode} before the measurement:\n"
+                                 f"{wrk.stdout.read()[-2000:]}")
+            print(f"beside load: {hookline} ingest (null queue) under wrk, 32 connections",
+                  flush=True)
             yield
             service.check_alive()
+            # wrk prints its summary (and the script's JSON line) when interrupted.
+            wrk.send_signal(signal.SIGINT)
+            out, _ = wrk.communicate(timeout=30)
+            wrk = None
+            line = next((l for l in out.splitlines() if l.startswith("BENCH_JSON ")), None)
+            if line is None:
+                raise SystemExit(f"wrk printed no summary:\n{out[-2000:]}")
+            res = json.loads(line[len("BENCH_JSON "):])
+            errors = sum(res["errors"].values())
+            print(f"the load: {res['requests'] / (res['duration_us'] / 1e6):,.0f} requests/s, "
+                  f"{errors} errors", flush=True)
+            if errors:
+                raise SystemExit("the load had errors: it was not (1)'s")
         finally:
             if wrk is not None:
-                wrk.terminate()
+                wrk.kill()
                 wrk.wait()
             service.stop()
 
