@@ -423,6 +423,11 @@ def hookline_toml(kind: str, data: Path | None = None, project: str = "",
     return text
 
 
+def sign(body: bytes) -> str:
+    """GitHub's signature of `body` with the contenders' secret (hex HMAC-SHA256)."""
+    return hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+
+
 def clean_env(extra: dict | None = None) -> dict:
     """The caller's environment without anything that configures hookline or the Google
     clients behind the harness's back."""
@@ -442,7 +447,7 @@ class Ctx:
         self.work = WORK_ROOT / ("smoke-work" if args.smoke else "work")
         self.logs = self.work / "logs"
         self.body = PAYLOAD.read_bytes()
-        self.signature = hmac.new(SECRET.encode(), self.body, hashlib.sha256).hexdigest()
+        self.signature = sign(self.body)
         self.emulators = Emulators()
         self.nonce = f"{int(time.time()) % 100000000:08d}"
         self.run_counter = 0
@@ -506,16 +511,22 @@ class Ctx:
 # ------------------------------------------------------------------------------- wrk --
 
 
+def wrk_env(signature: str, run_id: str, threads: int, unique_ids: bool = True) -> dict:
+    """The environment `wrk/signed_post.lua` reads: the payload, its signature (hex HMAC of
+    the body with SECRET), delivery ids unique per request and prefixed with `run_id`."""
+    return clean_env({
+        "BENCH_BODY": str(PAYLOAD), "BENCH_SIGNATURE": signature, "BENCH_PATH": HOOK_PATH,
+        "BENCH_UNIQUE_IDS": "1" if unique_ids else "0", "BENCH_RUN_ID": run_id,
+        "BENCH_THREADS": str(threads),
+    })
+
+
 def run_wrk(ctx: Ctx, port: int, seconds: int, unique_ids: bool = True,
             rate: float | None = None, connections: int | None = None) -> dict:
     """One wrk run; `rate` paces it (see delay() in the Lua script)."""
     connections = connections or ctx.args.connections
     threads = max(1, min(NPROC, connections))
-    env = clean_env({
-        "BENCH_BODY": str(PAYLOAD), "BENCH_SIGNATURE": ctx.signature, "BENCH_PATH": HOOK_PATH,
-        "BENCH_UNIQUE_IDS": "1" if unique_ids else "0", "BENCH_RUN_ID": ctx.run_id("wrk"),
-        "BENCH_THREADS": str(threads),
-    })
+    env = wrk_env(ctx.signature, ctx.run_id("wrk"), threads, unique_ids)
     if rate:
         env["BENCH_RATE"] = f"{rate:.3f}"
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s",

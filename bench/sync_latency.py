@@ -29,8 +29,6 @@ round; deletes its files at the end. Used in BENCHMARKS.md (ninth session).
 import argparse
 import contextlib
 import ctypes
-import hashlib
-import hmac
 import json
 import os
 import shutil
@@ -81,12 +79,7 @@ def cpu_load(hookline: Path):
         service = run.Service("sync-latency-ingest", argv,
                               run.clean_env({"PORT": str(port), "RUST_LOG": "warn"}), port,
                               "/readyz", Path(tmp))
-        body = run.PAYLOAD.read_bytes()
-        env = run.clean_env({
-            "BENCH_BODY": str(run.PAYLOAD), "BENCH_PATH": run.HOOK_PATH, "BENCH_UNIQUE_IDS": "1",
-            "BENCH_SIGNATURE": hmac.new(run.SECRET.encode(), body, hashlib.sha256).hexdigest(),
-            "BENCH_RUN_ID": f"sync-latency-{os.getpid()}", "BENCH_THREADS": "2",
-        })
+        env = run.wrk_env(run.sign(run.PAYLOAD.read_bytes()), f"sync-latency-{os.getpid()}", 2)
         wrk = None
         try:
             service.start()
